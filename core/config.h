@@ -1,0 +1,72 @@
+/*
+ * The daemon's configuration (libconfig syntax): every key is declared in
+ * config.c's schema with its type, range and default; unknown keys and
+ * wrong types are errors naming file, line and key.  Without a file the
+ * embedded default config (config_default.conf, compiled in) is used.
+ * docs/configuration.md lists every key.
+ */
+#ifndef SOVMESH_CORE_CONFIG_H
+#define SOVMESH_CORE_CONFIG_H
+
+#include <libconfig.h>
+#include <stdint.h>
+#include <sovmesh/plugin.h>
+
+typedef struct sovmesh_config {
+	/* Where the values came from: a path, or "<embedded default>". */
+	char *source;
+
+	/* node */
+	char *node_name;     /* default: the host name */
+	char *state_dir;     /* default: /var/lib/sovmesh as root, else
+	                        $XDG_STATE_HOME/sovmesh or ~/.local/state/sovmesh */
+	int log_level;       /* SOVMESH_LOG_*, default INFO */
+	char **plugin_path;  /* NULL-terminated list, may be empty */
+	size_t plugin_path_len;
+
+	/* control */
+	char *control_socket; /* default <state_dir>/control.sock */
+
+	/* mesh (DESIGN.md §5 seed keys) */
+	int mesh_enabled;
+	char *mesh_discovery;
+	int serve_inference;
+	int64_t max_concurrent_peer_requests;
+	int64_t request_timeout_secs;
+
+	/* federated_learning (DESIGN.md §5 seed keys, then ours) */
+	int fl_enabled;
+	int64_t sync_after_n_samples;
+	int64_t max_peers;
+	double noise_epsilon;
+	char *aggregation_method;
+	char *noise_mechanism;
+	double noise_clip;
+
+	/* The parsed tree, kept for plugin_settings.<label> sections (their
+	 * keys are validated against each plugin's declared settings once the
+	 * plugin is loaded) and for line numbers in later errors. */
+	config_t tree;
+} sovmesh_config;
+
+/*
+ * Load and validate `path`, or the embedded default when path is NULL.
+ * On error err->message is one line "FILE:LINE: KEY: reason" (or
+ * "FILE: reason" for I/O errors).  Caller frees with config_free().
+ */
+int config_load(const char *path, sovmesh_config **out, sovmesh_error *err);
+
+/* Same from a string (tests, the embedded default); `name` labels errors. */
+int config_load_string(const char *text, const char *name, sovmesh_config **out,
+                       sovmesh_error *err);
+
+/* The libconfig group plugin_settings.<label>, or NULL if absent. */
+const config_setting_t *config_plugin_section(const sovmesh_config *cfg,
+                                              const char *label);
+
+/* The embedded default config text. */
+const char *config_default_text(void);
+
+void config_free(sovmesh_config *cfg);
+
+#endif
