@@ -266,8 +266,8 @@ typedef struct sovmesh_host_api {
 	                                   const sovmesh_http_request *req,
 	                                   const sovmesh_http_callbacks *cbs, void *ud,
 	                                   sovmesh_error *err);
-	/* Cancel a call; no callback follows.  NULL or a finished call: no-op
-	 * is NOT allowed for a finished call (its handle is gone). */
+	/* Cancel a call that has not finished; no callback follows.  NULL is
+	 * a no-op.  A call whose on_done has run is gone: do not cancel it. */
 	void (*http_cancel)(sovmesh_host *host, sovmesh_http_call *call);
 
 	/* ---- events: loop thread.  Named events with a JSON text payload,
@@ -314,11 +314,19 @@ typedef struct sovmesh_plugin_descriptor {
 /* The entry function's type and the macro that defines it. */
 typedef const sovmesh_plugin_descriptor *(*sovmesh_plugin_entry_fn)(void);
 
-#define SOVMESH_PLUGIN_DEFINE(descriptor_var)                                 \
-	SOVMESH_EXPORT const sovmesh_plugin_descriptor *sovmesh_plugin_entry(void); \
-	SOVMESH_EXPORT const sovmesh_plugin_descriptor *sovmesh_plugin_entry(void)  \
-	{                                                                           \
-		return &(descriptor_var);                                           \
+#ifdef __cplusplus
+#define SOVMESH_EXTERN_C extern "C"
+#else
+#define SOVMESH_EXTERN_C
+#endif
+
+#define SOVMESH_PLUGIN_DEFINE(descriptor_var)                                  \
+	SOVMESH_EXTERN_C SOVMESH_EXPORT const sovmesh_plugin_descriptor            \
+	    *sovmesh_plugin_entry(void);                                         \
+	SOVMESH_EXTERN_C SOVMESH_EXPORT const sovmesh_plugin_descriptor            \
+	    *sovmesh_plugin_entry(void)                                          \
+	{                                                                          \
+		return &(descriptor_var);                                          \
 	}
 
 /*

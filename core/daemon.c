@@ -1,0 +1,547 @@
+/* sovmeshd's life cycle (see daemon.h). */
+#include "daemon.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "build_config.h"
+#include "config.h"
+#include "control_api.h"
+#include "host.h"
+#include "http_server.h"
+#include "log.h"
+#include "plugin_loader.h"
+#include "plugin_settings.h"
+
+/* Plugins this build of the daemon uses.  The mesh plugins (discovery,
+ * backend, cache) join this list as their subsystems land; until then
+ * their config keys are validated but nothing loads them. */
+#define DAEMON_MAX_PLUGINS 8
+
+typedef struct plugin_choice {
+	uint32_t kind;
+	const char *name;
+	const char *config_key; /* for messages */
+} plugin_choice;
+
+typedef struct daemon_state {
+	const daemon_options *opts;
+	const char *config_path; /* NULL = embedded default */
+	sovmesh_config *cfg;
+	uv_loop_t loop;
+	host_runtime *rt;
+	plugin_instance *plugins[DAEMON_MAX_PLUGINS];
+	size_t n_plugins;
+	http_server *control_server;
+	control_api *control;
+	uv_signal_t sig_int, sig_term, sig_hup;
+	uint64_t started_ms;
+	int stopping;
+} daemon_state;
+
+const char *daemon_config_path(const daemon_options *opts)
+{
+	if (opts->config_path)
+		return opts->config_path;
+	if (access(SOVMESH_SYSTEM_CONFIG, F_OK) == 0)
+		return SOVMESH_SYSTEM_CONFIG;
+	return NULL;
+}
+
+static size_t plan_plugins(const sovmesh_config *cfg, plugin_choice *out)
+{
+	size_t n = 0;
+	if (cfg->fl_enabled) {
+		out[n++] = (plugin_choice){SOVMESH_KIND_AGGREGATOR, cfg->aggregation_method,
+		                           "federated_learning.aggregation_method"};
+		out[n++] = (plugin_choice){SOVMESH_KIND_NOISE, cfg->noise_mechanism,
+		                           "federated_learning.noise_mechanism"};
+	}
+	return n;
+}
+
+/*
+ * Load (and in check-only mode, only check) the plugins the config names,
+ * validate their plugin_settings sections, and refuse sections for
+ * plugins that are not in use.  On success the loaded plugins and their
+ * settings are returned through the arrays (caller owns).
+ */
+static int load_plugins(const sovmesh_config *cfg, loaded_plugin **plugins,
+                        plugin_settings **settings, size_t *count, sovmesh_error *err)
+{
+	plugin_choice plan[DAEMON_MAX_PLUGINS];
+	size_t n = plan_plugins(cfg, plan);
+	plugin_search_path sp = {0};
+	int r = plugin_search_path_build((const char *const *)cfg->plugin_path,
+	                                 cfg->plugin_path_len, &sp);
+	if (r < 0)
+		return sovmesh_fail(err, r, "cannot build the plugin search path: %s",
+		                    strerror(-r));
+	*count = 0;
+	for (size_t i = 0; i < n; i++) {
+		loaded_plugin *lp = NULL;
+		r = plugin_load_by_name(&sp, plan[i].kind, plan[i].name, &lp, err);
+		if (r < 0)
+			goto fail;
+		plugin_settings *ps = NULL;
+		r = plugin_settings_from_config(lp->label, lp->desc->settings,
+		                                config_plugin_section(cfg, lp->label), &ps, err);
+		if (r < 0) {
+			plugin_release(lp, 1);
+			goto fail;
+		}
+		plugins[*count] = lp;
+		settings[*count] = ps;
+		(*count)++;
+	}
+
+	/* A settings section for a plugin nobody loads is a typo or a stale
+	 * config: say so instead of ignoring it. */
+	const config_setting_t *group = config_lookup(&cfg->tree, "plugin_settings");
+	for (int i = 0; group && i < config_setting_length(group); i++) {
+		const config_setting_t *s = config_setting_get_elem(group, (unsigned)i);
+		const char *label = config_setting_name(s);
+		int used = 0;
+		for (size_t k = 0; k < *count; k++)
+			used |= strcmp(plugins[k]->label, label) == 0;
+		if (!used) {
+			char in_use[256] = "";
+			for (size_t k = 0; k < *count; k++)
+				snprintf(in_use + strlen(in_use), sizeof(in_use) - strlen(in_use),
+				         "%s%s", k ? ", " : "", plugins[k]->label);
+			r = sovmesh_fail(err, -EINVAL,
+			                 "%s:%d: plugin_settings.%s: no plugin of that name is in "
+			                 "use (in use: %s)",
+			                 cfg->source, config_setting_source_line(s), label,
+			                 *count ? in_use : "none");
+			goto fail;
+		}
+	}
+	plugin_search_path_free(&sp);
+	return 0;
+fail:
+	for (size_t k = 0; k < *count; k++) {
+		plugin_settings_free(settings[k]);
+		plugin_release(plugins[k], 1);
+	}
+	*count = 0;
+	plugin_search_path_free(&sp);
+	return r;
+}
+
+/* mkdir -p with 0700 for what we create; an existing state dir that
+ * others can read is tightened (secrets live there, DESIGN.md §6.7). */
+static int ensure_private_dir(const char *path, sovmesh_error *err)
+{
+	char buf[4096];
+	if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
+		return sovmesh_fail(err, -ENAMETOOLONG, "%s: path too long", path);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+			return sovmesh_fail(err, -errno, "cannot create %s: %s", buf,
+			                    strerror(errno));
+		*p = '/';
+	}
+	if (mkdir(buf, 0700) < 0 && errno != EEXIST)
+		return sovmesh_fail(err, -errno, "cannot create state directory %s: %s", buf,
+		                    strerror(errno));
+	struct stat st;
+	if (stat(buf, &st) < 0)
+		return sovmesh_fail(err, -errno, "state directory %s: %s", buf, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return sovmesh_fail(err, -ENOTDIR, "state directory %s is not a directory", buf);
+	if (st.st_uid != geteuid())
+		return sovmesh_fail(err, -EPERM,
+		                    "state directory %s belongs to uid %u, not to this user",
+		                    buf, (unsigned)st.st_uid);
+	if ((st.st_mode & 0077) != 0) {
+		log_warning("state directory %s was mode %03o; setting 0700", buf,
+		            (unsigned)(st.st_mode & 0777));
+		if (chmod(buf, 0700) < 0)
+			return sovmesh_fail(err, -errno, "cannot chmod %s: %s", buf,
+			                    strerror(errno));
+	}
+	return 0;
+}
+
+/* Short kind names for the control API and `sovmesh plugins`. */
+static const char *kind_name(uint32_t kind)
+{
+	switch (kind) {
+	case SOVMESH_KIND_DISCOVERY:
+		return "discovery";
+	case SOVMESH_KIND_BACKEND:
+		return "backend";
+	case SOVMESH_KIND_CACHE:
+		return "cache";
+	case SOVMESH_KIND_AGGREGATOR:
+		return "aggregator";
+	case SOVMESH_KIND_NOISE:
+		return "noise";
+	case SOVMESH_KIND_TRAINER:
+		return "trainer";
+	default:
+		return "unknown";
+	}
+}
+
+/* ---- control API handlers ---- */
+
+static json_t *plugin_json(const plugin_instance *pi)
+{
+	const sovmesh_plugin_descriptor *d = pi->plugin->desc;
+	char abi[32];
+	snprintf(abi, sizeof(abi), "%u.%u", d->abi_major, d->abi_minor);
+	json_t *settings = json_array();
+	for (size_t i = 0; pi->settings && i < pi->settings->count; i++) {
+		const plugin_setting_value *v = &pi->settings->values[i];
+		char value[64];
+		const char *text = value;
+		switch (v->def->type) {
+		case SOVMESH_SETTING_BOOL:
+			text = v->b ? "true" : "false";
+			break;
+		case SOVMESH_SETTING_INT:
+			snprintf(value, sizeof(value), "%lld", (long long)v->i);
+			break;
+		case SOVMESH_SETTING_DOUBLE:
+			snprintf(value, sizeof(value), "%.17g", v->d);
+			break;
+		default:
+			text = v->s ? v->s : "";
+			break;
+		}
+		json_array_append_new(
+		    settings, json_pack("{s:s, s:s, s:s, s:b, s:s}", "name", v->def->name, "value",
+		                        text, "default",
+		                        v->def->default_value ? v->def->default_value : "",
+		                        "given", v->given, "help",
+		                        v->def->help ? v->def->help : ""));
+	}
+	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "kind",
+	                 kind_name(pi->plugin->kind), "label", pi->plugin->label, "name",
+	                 d->name, "version", d->version ? d->version : "", "license",
+	                 d->license ? d->license : "", "description",
+	                 d->description ? d->description : "", "abi", abi, "file",
+	                 pi->plugin->path, "settings", settings);
+}
+
+static int handle_plugins(void *ud, const control_request *req, json_t **reply, int *status)
+{
+	(void)req;
+	daemon_state *d = ud;
+	json_t *list = json_array();
+	for (size_t i = 0; i < d->n_plugins; i++)
+		json_array_append_new(list, plugin_json(d->plugins[i]));
+	*reply = json_pack("{s:o}", "plugins", list);
+	*status = 200;
+	return 0;
+}
+
+static int handle_status(void *ud, const control_request *req, json_t **reply, int *status)
+{
+	(void)req;
+	daemon_state *d = ud;
+	uint64_t up_ms = uv_now(&d->loop) - d->started_ms;
+	*reply = json_pack("{s:s, s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:b, s:b, s:I, s:s}",
+	                   "version", SOVMESH_VERSION, "node_name", d->cfg->node_name, "pid",
+	                   (json_int_t)getpid(), "uptime_secs", (json_int_t)(up_ms / 1000),
+	                   "state_dir", d->cfg->state_dir, "config", d->cfg->source,
+	                   "control_socket", d->cfg->control_socket, "log_level",
+	                   log_level_name(log_get_level()), "mesh_enabled", d->cfg->mesh_enabled,
+	                   "federated_learning_enabled", d->cfg->fl_enabled, "plugins_loaded",
+	                   (json_int_t)d->n_plugins, "plugin_abi", "1.0");
+	*status = 200;
+	return 0;
+}
+
+/* ---- shutdown and reload ---- */
+
+static void on_control_closed(void *ud)
+{
+	daemon_state *d = ud;
+	d->control_server = NULL;
+}
+
+static void begin_shutdown(daemon_state *d, const char *why)
+{
+	if (d->stopping)
+		return;
+	d->stopping = 1;
+	log_notice("%s: shutting down", why);
+	if (d->control) {
+		control_api_free(d->control);
+		d->control = NULL;
+	}
+	if (d->control_server)
+		http_server_close(d->control_server, on_control_closed, d);
+	uv_close((uv_handle_t *)&d->sig_int, NULL);
+	uv_close((uv_handle_t *)&d->sig_term, NULL);
+	uv_close((uv_handle_t *)&d->sig_hup, NULL);
+}
+
+/* Keys a running daemon can apply without a restart: the log level.
+ * Everything else is compared and reported. */
+static void report_change(const char *key, int changed)
+{
+	if (changed)
+		log_warning("reload: %s changed; restart sovmeshd to apply it", key);
+}
+
+static int str_changed(const char *a, const char *b)
+{
+	return strcmp(a ? a : "", b ? b : "") != 0;
+}
+
+static void reload(daemon_state *d)
+{
+	sovmesh_error err = {0};
+	sovmesh_config *next = NULL;
+	if (config_load(d->config_path, &next, &err) < 0) {
+		log_error("reload refused, keeping the running configuration: %s", err.message);
+		return;
+	}
+	sovmesh_config *cur = d->cfg;
+	if (d->opts->log_level < 0 && next->log_level != cur->log_level) {
+		log_set_level(next->log_level);
+		log_notice("reload: log level is now %s", log_level_name(next->log_level));
+	}
+	report_change("node.name", str_changed(cur->node_name, next->node_name));
+	report_change("node.state_dir", str_changed(cur->state_dir, next->state_dir));
+	report_change("control.socket", str_changed(cur->control_socket, next->control_socket));
+	int path_changed = cur->plugin_path_len != next->plugin_path_len;
+	for (size_t i = 0; !path_changed && i < cur->plugin_path_len; i++)
+		path_changed = str_changed(cur->plugin_path[i], next->plugin_path[i]);
+	report_change("node.plugin_path", path_changed);
+	report_change("mesh.enabled", cur->mesh_enabled != next->mesh_enabled);
+	report_change("mesh.discovery", str_changed(cur->mesh_discovery, next->mesh_discovery));
+	report_change("mesh.serve_inference", cur->serve_inference != next->serve_inference);
+	report_change("mesh.max_concurrent_peer_requests",
+	              cur->max_concurrent_peer_requests != next->max_concurrent_peer_requests);
+	report_change("mesh.request_timeout_secs",
+	              cur->request_timeout_secs != next->request_timeout_secs);
+	report_change("federated_learning.enabled", cur->fl_enabled != next->fl_enabled);
+	report_change("federated_learning.sync_after_n_samples",
+	              cur->sync_after_n_samples != next->sync_after_n_samples);
+	report_change("federated_learning.max_peers", cur->max_peers != next->max_peers);
+	report_change("federated_learning.noise_epsilon",
+	              cur->noise_epsilon != next->noise_epsilon);
+	report_change("federated_learning.aggregation_method",
+	              str_changed(cur->aggregation_method, next->aggregation_method));
+	report_change("federated_learning.noise_mechanism",
+	              str_changed(cur->noise_mechanism, next->noise_mechanism));
+	report_change("federated_learning.noise_clip", cur->noise_clip != next->noise_clip);
+
+	/* Plugin settings are read by plugins at create(): compare the
+	 * validated values and report differences. */
+	for (size_t i = 0; i < d->n_plugins; i++) {
+		plugin_instance *pi = d->plugins[i];
+		plugin_settings *ps = NULL;
+		sovmesh_error serr = {0};
+		if (plugin_settings_from_config(pi->plugin->label, pi->plugin->desc->settings,
+		                                config_plugin_section(next, pi->plugin->label),
+		                                &ps, &serr) < 0) {
+			log_error("reload: %s", serr.message);
+			continue;
+		}
+		for (size_t k = 0; k < ps->count; k++) {
+			const plugin_setting_value *a = &pi->settings->values[k], *b = &ps->values[k];
+			int changed = a->b != b->b || a->i != b->i || a->d != b->d ||
+			              str_changed(a->s, b->s);
+			if (changed)
+				log_warning("reload: plugin_settings.%s.%s changed; restart sovmeshd "
+				            "to apply it",
+				            pi->plugin->label, a->def->name);
+		}
+		plugin_settings_free(ps);
+	}
+	/* Keep the running values (what is in effect) but the new log level. */
+	cur->log_level = next->log_level;
+	config_free(next);
+	log_notice("reload: configuration %s re-read", d->config_path ? d->config_path
+	                                                               : "<embedded default>");
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+	daemon_state *d = h->data;
+	if (signum == SIGHUP)
+		reload(d);
+	else
+		begin_shutdown(d, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+/* ---- start-up ---- */
+
+static int start_control(daemon_state *d, sovmesh_error *err)
+{
+	int r = control_api_new(NULL, &d->control);
+	if (r < 0)
+		return sovmesh_fail(err, r, "cannot create the control API: %s", strerror(-r));
+	if (control_api_route(d->control, "GET", "/v1/status", handle_status, d) < 0 ||
+	    control_api_route(d->control, "GET", "/v1/plugins", handle_plugins, d) < 0)
+		return sovmesh_fail(err, -ENOMEM, "out of memory");
+	http_server_options o = {
+	    .handler = control_api_http_handler,
+	    .handler_ud = d->control,
+	    .name = "control",
+	};
+	r = http_server_new(&d->loop, &o, &d->control_server);
+	if (r < 0)
+		return sovmesh_fail(err, r, "cannot create the control server: %s", strerror(-r));
+	return http_server_listen_unix(d->control_server, d->cfg->control_socket, err);
+}
+
+static int start_signals(daemon_state *d)
+{
+	uv_signal_t *hs[] = {&d->sig_int, &d->sig_term, &d->sig_hup};
+	int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+	for (size_t i = 0; i < 3; i++) {
+		uv_signal_init(&d->loop, hs[i]);
+		hs[i]->data = d;
+		int r = uv_signal_start(hs[i], on_signal, sigs[i]);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static void free_plugins(daemon_state *d)
+{
+	/* Reverse order of creation. */
+	while (d->n_plugins > 0)
+		plugin_instance_free(d->plugins[--d->n_plugins]);
+}
+
+int daemon_run(const daemon_options *opts)
+{
+	daemon_state d;
+	sovmesh_error err = {0};
+	loaded_plugin *plugins[DAEMON_MAX_PLUGINS];
+	plugin_settings *settings[DAEMON_MAX_PLUGINS];
+	size_t n_loaded = 0;
+	int rc = 1, loop_ready = 0;
+
+	memset(&d, 0, sizeof(d));
+	d.opts = opts;
+	d.config_path = daemon_config_path(opts);
+	if (opts->log_level >= 0)
+		log_set_level(opts->log_level);
+
+	if (config_load(d.config_path, &d.cfg, &err) < 0) {
+		log_error("%s", err.message);
+		return 1;
+	}
+	if (opts->log_level < 0)
+		log_set_level(d.cfg->log_level);
+
+	if (load_plugins(d.cfg, plugins, settings, &n_loaded, &err) < 0) {
+		log_error("%s", err.message);
+		goto out;
+	}
+	if (opts->check_only) {
+		for (size_t i = 0; i < n_loaded; i++) {
+			plugin_settings_free(settings[i]);
+			plugin_release(plugins[i], 1);
+		}
+		printf("%s: configuration OK (%zu plugin%s checked)\n", d.cfg->source, n_loaded,
+		       n_loaded == 1 ? "" : "s");
+		rc = 0;
+		goto out;
+	}
+
+	if (ensure_private_dir(d.cfg->state_dir, &err) < 0) {
+		log_error("%s", err.message);
+		goto out_plugins;
+	}
+	int r = uv_loop_init(&d.loop);
+	if (r < 0) {
+		log_error("cannot start the event loop: %s", uv_strerror(r));
+		goto out_plugins;
+	}
+	loop_ready = 1;
+	d.started_ms = uv_now(&d.loop);
+	r = host_runtime_new(&d.loop, d.cfg->state_dir, d.cfg->node_name, &d.rt);
+	if (r < 0) {
+		log_error("cannot start the plugin host: %s", strerror(-r));
+		goto out_plugins;
+	}
+	/* Instances take ownership of their plugin and settings, even on
+	 * failure, so the arrays are emptied as we go. */
+	for (size_t i = 0; i < n_loaded; i++) {
+		plugin_instance *pi = NULL;
+		loaded_plugin *lp = plugins[i];
+		plugin_settings *ps = settings[i];
+		plugins[i] = NULL;
+		settings[i] = NULL;
+		if (plugin_instance_new(d.rt, lp, ps, &pi, &err) < 0) {
+			log_error("%s", err.message);
+			for (size_t k = i + 1; k < n_loaded; k++) {
+				plugin_settings_free(settings[k]);
+				plugin_release(plugins[k], 1);
+			}
+			n_loaded = 0;
+			goto out_runtime;
+		}
+		d.plugins[d.n_plugins++] = pi;
+		log_info("plugin %s %s loaded from %s", pi->plugin->label,
+		         pi->plugin->desc->version ? pi->plugin->desc->version : "",
+		         pi->plugin->path);
+	}
+	n_loaded = 0;
+
+	if (start_control(&d, &err) < 0) {
+		log_error("%s", err.message);
+		goto out_runtime;
+	}
+	r = start_signals(&d);
+	if (r < 0) {
+		log_error("cannot install signal handlers: %s", uv_strerror(r));
+		goto out_runtime;
+	}
+	log_notice("sovmeshd %s started: node '%s', state %s, control socket %s, config %s",
+	           SOVMESH_VERSION, d.cfg->node_name, d.cfg->state_dir, d.cfg->control_socket,
+	           d.cfg->source);
+	uv_run(&d.loop, UV_RUN_DEFAULT);
+	rc = 0;
+
+out_runtime:
+	if (!d.stopping) {
+		/* Start-up failed after the loop existed: close what is open. */
+		if (d.control)
+			control_api_free(d.control);
+		d.control = NULL;
+		if (d.control_server)
+			http_server_close(d.control_server, on_control_closed, &d);
+		uv_run(&d.loop, UV_RUN_DEFAULT);
+	}
+	free_plugins(&d);
+	host_runtime_free(d.rt);
+out_plugins:
+	for (size_t i = 0; i < n_loaded; i++) {
+		plugin_settings_free(settings[i]);
+		plugin_release(plugins[i], 1);
+	}
+	if (loop_ready) {
+		uv_run(&d.loop, UV_RUN_DEFAULT);
+		int cr = uv_loop_close(&d.loop);
+		if (cr < 0) {
+			log_error("event loop did not close cleanly: %s", uv_strerror(cr));
+			rc = 1;
+		} else if (rc == 0) {
+			log_notice("stopped cleanly");
+		}
+	}
+out:
+	config_free(d.cfg);
+	return rc;
+}
