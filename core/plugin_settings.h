@@ -27,7 +27,7 @@ typedef struct plugin_settings {
  * Check `defs` (a descriptor's list) and fill defaults, then apply
  * `section` (a libconfig group, may be NULL).  Errors name file, line and
  * key: "FILE:LINE: plugin_settings.agg-trimmed.beta: must be a number in
- * [0, 0.5)".  An invalid default in `defs` is the plugin's fault and says
+ * [0, 0.5]".  An invalid default in `defs` is the plugin's fault and says
  * so.  Caller frees *out with plugin_settings_free().
  */
 int plugin_settings_from_config(const char *label, const sovmesh_setting_def *defs,
