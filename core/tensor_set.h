@@ -40,4 +40,23 @@ int tset_check_finite(const sovmesh_tensor_set *set, sovmesh_error *err);
 const char *tset_dtype_name(sovmesh_dtype dtype);
 sovmesh_dtype tset_dtype_from_name(const char *name);
 
+/*
+ * For safetensors.c and adapter.c only.  tset_fail() is sovmesh_fail() that
+ * turns control characters into '?', so a tensor name or path taken from
+ * a file cannot break the one-line message.
+ */
+int tset_fail(sovmesh_error *err, int code, const char *fmt, ...) SOVMESH_PRINTF(3, 4);
+
+/*
+ * How a parsed file's set borrows its bytes.
+ * tset_init_view() is tset_init_tensor() with `data` (nbytes long) used in
+ * place instead of allocated; the set never frees it.  tset_adopt_mapping()
+ * hands the set an mmap region that tset_free() unmaps.  tset_set_metadata()
+ * stores a copy of `json` (NULL clears).  Same errors as tset_init_tensor.
+ */
+int tset_init_view(sovmesh_tensor_set *set, size_t index, const char *name,
+                   sovmesh_dtype dtype, uint32_t ndim, const uint64_t *shape, void *data);
+void tset_adopt_mapping(sovmesh_tensor_set *set, void *addr, size_t len);
+int tset_set_metadata(sovmesh_tensor_set *set, const char *json);
+
 #endif
