@@ -6,6 +6,8 @@
  */
 #include "adapter.h"
 
+#include "atomic_file.h"
+
 #include "safetensors.h"
 #include "tensor_set.h"
 
@@ -196,50 +198,6 @@ static int minimal_config(const sovmesh_tensor_set *set, char **text, sovmesh_er
 	return 0;
 }
 
-/* Atomically replace `path` with `len` bytes (temp file, fsync, rename;
- * the caller fsyncs the directory once for both files). */
-static int write_atomic(const char *path, const char *buf, size_t len, sovmesh_error *err)
-{
-	char *tmp = NULL;
-	if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
-		return tset_fail(err, -ENOMEM, "%s: out of memory", path);
-	int fd = mkostemp(tmp, O_CLOEXEC);
-	if (fd < 0) {
-		int r = -errno;
-		free(tmp);
-		return tset_fail(err, r, "%s: cannot create a temporary file: %s", path,
-		                 strerror(-r));
-	}
-	int r = 0;
-	const char *what = "cannot write";
-	size_t off = 0;
-	while (off < len && r == 0) {
-		ssize_t w = write(fd, buf + off, len - off);
-		if (w < 0 && errno != EINTR)
-			r = -errno;
-		else if (w > 0)
-			off += (size_t)w;
-	}
-	if (r == 0 && fsync(fd) < 0) {
-		what = "cannot fsync";
-		r = -errno;
-	}
-	if (close(fd) < 0 && r == 0) {
-		what = "cannot close";
-		r = -errno;
-	}
-	if (r == 0 && rename(tmp, path) < 0) {
-		what = "cannot rename the temporary file into place";
-		r = -errno;
-	}
-	if (r < 0)
-		unlink(tmp);
-	free(tmp);
-	if (r < 0)
-		return tset_fail(err, r, "%s: %s: %s", path, what, strerror(-r));
-	return 0;
-}
-
 /* See adapter.h.  Only the last path component is created.  The weights
  * go first: each file is replaced atomically, and a crash between the two
  * leaves new weights beside the old config (which names the same modules
@@ -281,18 +239,8 @@ int adapter_write(const char *dir, const sovmesh_tensor_set *set, const char *co
 	if (r < 0)
 		goto out;
 	const char *text = config_json ? config_json : generated;
-	r = write_atomic(cfg_path, text, strlen(text), err);
-	if (r < 0)
-		goto out;
-	/* safetensors_write_file synced the directory after its rename; this
-	 * covers the config's rename. */
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || fsync(fd) < 0) {
-		int e = errno;
-		r = tset_fail(err, -e, "%s: cannot fsync the directory: %s", dir, strerror(e));
-	}
-	if (fd >= 0)
-		close(fd);
+	struct iovec part = {.iov_base = (void *)text, .iov_len = strlen(text)};
+	r = atomic_file_write(cfg_path, &part, 1, err);
 out:
 	free(generated);
 	free(cfg_path);

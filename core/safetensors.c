@@ -8,6 +8,8 @@
  */
 #include "safetensors.h"
 
+#include "atomic_file.h"
+
 #include "tensor_set.h"
 
 #include <errno.h>
@@ -527,47 +529,8 @@ out:
 	return r;
 }
 
-static int write_all(int fd, const void *buf, size_t len)
-{
-	const unsigned char *p = buf;
-	while (len > 0) {
-		/* Linux writes at most ~2 GiB per call; loop on short writes. */
-		ssize_t w = write(fd, p, len);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
-
-/* fsync the directory holding `path` so a rename into it is durable. */
-static int fsync_parent(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	char *dir;
-	if (!slash)
-		dir = strdup(".");
-	else if (slash == path)
-		dir = strdup("/");
-	else
-		dir = strndup(path, (size_t)(slash - path));
-	if (!dir)
-		return -ENOMEM;
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	free(dir);
-	if (fd < 0)
-		return -errno;
-	int r = fsync(fd) < 0 ? -errno : 0;
-	close(fd);
-	return r;
-}
-
 /* See safetensors.h.  Streams the data from the set (no second in-memory
- * copy); the file is created 0600 (mkstemp) since adapters are private. */
+ * copy); the file is created 0600 since adapters are private. */
 int safetensors_write_file(const char *path, const sovmesh_tensor_set *set, sovmesh_error *err)
 {
 	const sovmesh_tensor **order;
@@ -578,69 +541,24 @@ int safetensors_write_file(const char *path, const sovmesh_tensor_set *set, sovm
 	int r = prepare(set, &order, &hdr, &hdr_len, &data_len, &inner);
 	if (r < 0)
 		return tset_fail(err, r, "%s: %s", path, inner.message);
-
-	int fd = -1;
-	char *tmp = NULL;
-	const char *what = "cannot create a temporary file";
-	if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0) {
-		tmp = NULL;
-		r = -ENOMEM;
-		goto fail;
-	}
-	fd = mkostemp(tmp, O_CLOEXEC);
-	if (fd < 0) {
-		r = -errno;
-		free(tmp);
-		tmp = NULL; /* nothing to unlink */
-		goto fail;
-	}
-	what = "cannot write";
 	unsigned char len8[8];
 	le64_store(len8, hdr_len);
-	r = write_all(fd, len8, 8);
-	if (r == 0)
-		r = write_all(fd, hdr, hdr_len);
-	for (size_t i = 0; i < set->count && r == 0; i++)
-		if (order[i]->nbytes)
-			r = write_all(fd, order[i]->data, (size_t)order[i]->nbytes);
-	if (r < 0)
-		goto fail;
-	what = "cannot fsync";
-	if (fsync(fd) < 0) {
-		r = -errno;
-		goto fail;
+	struct iovec *parts = calloc(set->count + 2, sizeof(*parts));
+	if (!parts) {
+		r = tset_fail(err, -ENOMEM, "%s: out of memory", path);
+		goto out;
 	}
-	what = "cannot close";
-	int c = close(fd);
-	fd = -1;
-	if (c < 0) {
-		r = -errno;
-		goto fail;
-	}
-	what = "cannot rename the temporary file into place";
-	if (rename(tmp, path) < 0) {
-		r = -errno;
-		goto fail;
-	}
-	free(tmp);
-	tmp = NULL;
-	what = "cannot fsync the directory";
-	r = fsync_parent(path);
-	if (r < 0)
-		goto fail;
+	parts[0] = (struct iovec){.iov_base = len8, .iov_len = 8};
+	parts[1] = (struct iovec){.iov_base = hdr, .iov_len = hdr_len};
+	for (size_t i = 0; i < set->count; i++)
+		parts[i + 2] = (struct iovec){.iov_base = order[i]->data,
+		                              .iov_len = (size_t)order[i]->nbytes};
+	r = atomic_file_write(path, parts, set->count + 2, err);
+out:
+	free(parts);
 	free(order);
 	free(hdr);
-	return 0;
-fail:
-	if (fd >= 0)
-		close(fd);
-	if (tmp) {
-		unlink(tmp);
-		free(tmp);
-	}
-	free(order);
-	free(hdr);
-	return tset_fail(err, r, "%s: %s: %s", path, what, strerror(-r));
+	return r;
 }
 
 /* See safetensors.h.  The mapping is private and writable (copy-on-write),

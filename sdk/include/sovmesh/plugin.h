@@ -212,7 +212,7 @@ typedef struct sovmesh_host_api {
 
 	/* ---- randomness: any thread.  Cryptographically secure bytes (the
 	 * noise mechanisms' only source).  Deterministic only when the
-	 * operator ran an offline tool with --insecure-deterministic-seed. */
+	 * operator ran an offline tool with --seed N --insecure-deterministic. */
 	int (*random_bytes)(sovmesh_host *host, void *buf, size_t len);
 
 	/* ---- blocking work: loop thread.  Runs work(ud) on the thread pool,
