@@ -48,8 +48,7 @@ int atomic_fsync_parent(const char *path)
 	return r;
 }
 
-int atomic_file_write(const char *path, const struct iovec *parts, size_t n,
-                      sovmesh_error *err)
+int atomic_file_write(const char *path, const struct iovec *parts, size_t n, sovmesh_error *err)
 {
 	char *tmp = NULL;
 	int fd = -1, r;

@@ -17,8 +17,7 @@
  * 0 or -errno with "PATH: what failed: strerror" in err.  The temporary
  * file is removed on failure.
  */
-int atomic_file_write(const char *path, const struct iovec *parts, size_t n,
-                      sovmesh_error *err);
+int atomic_file_write(const char *path, const struct iovec *parts, size_t n, sovmesh_error *err);
 
 /* fsync the directory holding `path` (a rename into it is then durable).
  * 0 or -errno. */

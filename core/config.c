@@ -828,8 +828,8 @@ static int fill_computed(const load_ctx *ctx, sovmesh_config *cfg)
 
 /* Parse `text` into a new config.  `dir` (may be NULL) resolves relative
  * @include paths. */
-static int load_text(const char *text, const char *name, const char *dir, sovmesh_config **out,
-                     sovmesh_error *err)
+static int load_text_unchecked(const char *text, const char *name, const char *dir,
+                               sovmesh_config **out, sovmesh_error *err)
 {
 	*out = NULL;
 	sovmesh_config *cfg = calloc(1, sizeof(*cfg));
@@ -914,6 +914,17 @@ static char *read_file(const char *path, sovmesh_error *err)
 		return NULL;
 	}
 	return buf;
+}
+
+/* load_text_unchecked, with any error message made one safe line (it
+ * may echo values from the file). */
+static int load_text(const char *text, const char *name, const char *dir, sovmesh_config **out,
+                     sovmesh_error *err)
+{
+	int r = load_text_unchecked(text, name, dir, out, err);
+	if (r < 0 && err)
+		log_one_line(err->message);
+	return r;
 }
 
 /* Load and validate `path` (NULL: the embedded default).  Caller frees

@@ -161,8 +161,8 @@ static int ensure_private_dir(const char *path, sovmesh_error *err)
 		return sovmesh_fail(err, -ENOTDIR, "state directory %s is not a directory", buf);
 	if (st.st_uid != geteuid())
 		return sovmesh_fail(err, -EPERM,
-		                    "state directory %s belongs to uid %u, not to this user",
-		                    buf, (unsigned)st.st_uid);
+		                    "state directory %s belongs to uid %u, not to this user", buf,
+		                    (unsigned)st.st_uid);
 	if ((st.st_mode & 0077) != 0) {
 		log_warning("state directory %s was mode %03o; setting 0700", buf,
 		            (unsigned)(st.st_mode & 0777));
@@ -221,18 +221,17 @@ static json_t *plugin_json(const plugin_instance *pi)
 			break;
 		}
 		json_array_append_new(
-		    settings, json_pack("{s:s, s:s, s:s, s:b, s:s}", "name", v->def->name, "value",
-		                        text, "default",
-		                        v->def->default_value ? v->def->default_value : "",
-		                        "given", v->given, "help",
-		                        v->def->help ? v->def->help : ""));
+		    settings,
+		    json_pack("{s:s, s:s, s:s, s:b, s:s}", "name", v->def->name, "value", text,
+		              "default", v->def->default_value ? v->def->default_value : "",
+		              "given", v->given, "help", v->def->help ? v->def->help : ""));
 	}
 	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "kind",
-	                 kind_name(pi->plugin->kind), "label", pi->plugin->label, "name",
-	                 d->name, "version", d->version ? d->version : "", "license",
+	                 kind_name(pi->plugin->kind), "label", pi->plugin->label, "name", d->name,
+	                 "version", d->version ? d->version : "", "license",
 	                 d->license ? d->license : "", "description",
-	                 d->description ? d->description : "", "abi", abi, "file",
-	                 pi->plugin->path, "settings", settings);
+	                 d->description ? d->description : "", "abi", abi, "file", pi->plugin->path,
+	                 "settings", settings);
 }
 
 static int handle_plugins(void *ud, const control_request *req, json_t **reply, int *status)
@@ -252,14 +251,14 @@ static int handle_status(void *ud, const control_request *req, json_t **reply, i
 	(void)req;
 	daemon_state *d = ud;
 	uint64_t up_ms = uv_now(&d->loop) - d->started_ms;
-	*reply = json_pack("{s:s, s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:b, s:b, s:I, s:s}",
-	                   "version", SOVMESH_VERSION, "node_name", d->cfg->node_name, "pid",
-	                   (json_int_t)getpid(), "uptime_secs", (json_int_t)(up_ms / 1000),
-	                   "state_dir", d->cfg->state_dir, "config", d->cfg->source,
-	                   "control_socket", d->cfg->control_socket, "log_level",
-	                   log_level_name(log_get_level()), "mesh_enabled", d->cfg->mesh_enabled,
-	                   "federated_learning_enabled", d->cfg->fl_enabled, "plugins_loaded",
-	                   (json_int_t)d->n_plugins, "plugin_abi", "1.0");
+	*reply =
+	    json_pack("{s:s, s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:b, s:b, s:I, s:s}", "version",
+	              SOVMESH_VERSION, "node_name", d->cfg->node_name, "pid", (json_int_t)getpid(),
+	              "uptime_secs", (json_int_t)(up_ms / 1000), "state_dir", d->cfg->state_dir,
+	              "config", d->cfg->source, "control_socket", d->cfg->control_socket,
+	              "log_level", log_level_name(log_get_level()), "mesh_enabled",
+	              d->cfg->mesh_enabled, "federated_learning_enabled", d->cfg->fl_enabled,
+	              "plugins_loaded", (json_int_t)d->n_plugins, "plugin_abi", "1.0");
 	*status = 200;
 	return 0;
 }
@@ -348,27 +347,29 @@ static void reload(daemon_state *d)
 		plugin_settings *ps = NULL;
 		sovmesh_error serr = {0};
 		if (plugin_settings_from_config(pi->plugin->label, pi->plugin->desc->settings,
-		                                config_plugin_section(next, pi->plugin->label),
-		                                &ps, &serr) < 0) {
+		                                config_plugin_section(next, pi->plugin->label), &ps,
+		                                &serr) < 0) {
 			log_error("reload: %s", serr.message);
 			continue;
 		}
 		for (size_t k = 0; k < ps->count; k++) {
-			const plugin_setting_value *a = &pi->settings->values[k], *b = &ps->values[k];
-			int changed = a->b != b->b || a->i != b->i || a->d != b->d ||
-			              str_changed(a->s, b->s);
+			const plugin_setting_value *a = &pi->settings->values[k],
+			                           *b = &ps->values[k];
+			int changed =
+			    a->b != b->b || a->i != b->i || a->d != b->d || str_changed(a->s, b->s);
 			if (changed)
-				log_warning("reload: plugin_settings.%s.%s changed; restart sovmeshd "
-				            "to apply it",
-				            pi->plugin->label, a->def->name);
+				log_warning(
+				    "reload: plugin_settings.%s.%s changed; restart sovmeshd "
+				    "to apply it",
+				    pi->plugin->label, a->def->name);
 		}
 		plugin_settings_free(ps);
 	}
 	/* Keep the running values (what is in effect) but the new log level. */
 	cur->log_level = next->log_level;
 	config_free(next);
-	log_notice("reload: configuration %s re-read", d->config_path ? d->config_path
-	                                                               : "<embedded default>");
+	log_notice("reload: configuration %s re-read",
+	           d->config_path ? d->config_path : "<embedded default>");
 }
 
 static void on_signal(uv_signal_t *h, int signum)

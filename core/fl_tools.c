@@ -71,8 +71,8 @@ static int tool_env_open(tool_env *env, const plugin_search_path *sp, uint32_t k
 	if (r < 0)
 		return r;
 	plugin_settings *settings = NULL;
-	r = plugin_settings_from_params(lp->label, lp->desc->settings, params, n_params,
-	                                &settings, err);
+	r = plugin_settings_from_params(lp->label, lp->desc->settings, params, n_params, &settings,
+	                                err);
 	if (r < 0) {
 		plugin_release(lp, 1);
 		return r;
@@ -126,8 +126,7 @@ static int write_output(const char *out_path, const sovmesh_tensor_set *set,
 }
 
 /* Refuse NaN/Inf in an input file, naming the file. */
-static int check_finite_file(const char *path, const sovmesh_tensor_set *set,
-                             sovmesh_error *err)
+static int check_finite_file(const char *path, const sovmesh_tensor_set *set, sovmesh_error *err)
 {
 	int r = tset_check_finite(set, err);
 	if (r < 0) {
@@ -137,8 +136,7 @@ static int check_finite_file(const char *path, const sovmesh_tensor_set *set,
 	return 0;
 }
 
-int fl_aggregate_run(const plugin_search_path *sp, const fl_aggregate_args *a,
-                     sovmesh_error *err)
+int fl_aggregate_run(const plugin_search_path *sp, const fl_aggregate_args *a, sovmesh_error *err)
 {
 	if (a->n_inputs == 0)
 		return sovmesh_fail(err, -EINVAL, "no input files given");
@@ -165,8 +163,8 @@ int fl_aggregate_run(const plugin_search_path *sp, const fl_aggregate_args *a,
 			goto done;
 		weights[i] = a->inputs[i].weight;
 	}
-	r = tool_env_open(&env, sp, SOVMESH_KIND_AGGREGATOR, a->method, a->params,
-	                  a->n_params, err);
+	r = tool_env_open(&env, sp, SOVMESH_KIND_AGGREGATOR, a->method, a->params, a->n_params,
+	                  err);
 	if (r < 0)
 		goto done;
 	out = tset_new(sets[0], 0);
@@ -219,8 +217,8 @@ static int to_noise_dtype(const sovmesh_tensor_set *in, sovmesh_tensor_set **out
 	return tset_convert(in, dtype, out, err);
 }
 
-int fl_noise_run(const plugin_search_path *sp, const fl_noise_args *a,
-                 sovmesh_privacy_cost *cost, sovmesh_error *err)
+int fl_noise_run(const plugin_search_path *sp, const fl_noise_args *a, sovmesh_privacy_cost *cost,
+                 sovmesh_error *err)
 {
 	sovmesh_tensor_set *in = NULL, *work = NULL;
 	tool_env env;
@@ -242,8 +240,7 @@ int fl_noise_run(const plugin_search_path *sp, const fl_noise_args *a,
 	r = to_noise_dtype(in, &work, err);
 	if (r < 0)
 		goto done;
-	r = tool_env_open(&env, sp, SOVMESH_KIND_NOISE, a->mechanism, a->params, a->n_params,
-	                  err);
+	r = tool_env_open(&env, sp, SOVMESH_KIND_NOISE, a->mechanism, a->params, a->n_params, err);
 	if (r < 0)
 		goto done;
 	const sovmesh_noise_ops *ops = env.pi->plugin->ops;

@@ -14,9 +14,8 @@ static const struct {
 	int level;
 	const char *name;
 } level_names[] = {
-	{SOVMESH_LOG_ERROR, "error"},   {SOVMESH_LOG_WARNING, "warning"},
-	{SOVMESH_LOG_NOTICE, "notice"}, {SOVMESH_LOG_INFO, "info"},
-	{SOVMESH_LOG_DEBUG, "debug"},
+    {SOVMESH_LOG_ERROR, "error"}, {SOVMESH_LOG_WARNING, "warning"}, {SOVMESH_LOG_NOTICE, "notice"},
+    {SOVMESH_LOG_INFO, "info"},   {SOVMESH_LOG_DEBUG, "debug"},
 };
 
 int log_level_parse(const char *name)
@@ -45,6 +44,13 @@ int log_get_level(void)
 	return atomic_load(&current_level);
 }
 
+void log_one_line(char *s)
+{
+	for (; s && *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			*s = '?';
+}
+
 void log_vmsg(int level, const char *source, const char *fmt, va_list ap)
 {
 	if (level > atomic_load(&current_level))
@@ -62,6 +68,8 @@ void log_vmsg(int level, const char *source, const char *fmt, va_list ap)
 		n += vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
 	if (n < 0)
 		return;
+	line[sizeof(line) - 1] = '\0';
+	log_one_line(line);
 	size_t len = (size_t)n < sizeof(line) - 1 ? (size_t)n : sizeof(line) - 2;
 	line[len++] = '\n';
 	/* One write per line so lines from threads do not interleave. */

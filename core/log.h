@@ -23,10 +23,17 @@ int log_get_level(void);
 void log_msg(int level, const char *source, const char *fmt, ...) SOVMESH_PRINTF(3, 4);
 void log_vmsg(int level, const char *source, const char *fmt, va_list ap);
 
-#define log_error(...) log_msg(SOVMESH_LOG_ERROR, NULL, __VA_ARGS__)
+/*
+ * Make `s` safe to print as one log line: control characters (newlines
+ * included) become '?'.  Messages that echo input (config values, file
+ * names, network data) pass through this so input cannot forge lines.
+ */
+void log_one_line(char *s);
+
+#define log_error(...)   log_msg(SOVMESH_LOG_ERROR, NULL, __VA_ARGS__)
 #define log_warning(...) log_msg(SOVMESH_LOG_WARNING, NULL, __VA_ARGS__)
-#define log_notice(...) log_msg(SOVMESH_LOG_NOTICE, NULL, __VA_ARGS__)
-#define log_info(...) log_msg(SOVMESH_LOG_INFO, NULL, __VA_ARGS__)
-#define log_debug(...) log_msg(SOVMESH_LOG_DEBUG, NULL, __VA_ARGS__)
+#define log_notice(...)  log_msg(SOVMESH_LOG_NOTICE, NULL, __VA_ARGS__)
+#define log_info(...)    log_msg(SOVMESH_LOG_INFO, NULL, __VA_ARGS__)
+#define log_debug(...)   log_msg(SOVMESH_LOG_DEBUG, NULL, __VA_ARGS__)
 
 #endif

@@ -5,6 +5,8 @@
  */
 #include "plugin_settings.h"
 
+#include "log.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
@@ -324,9 +326,9 @@ static int apply_setting(const char *label, plugin_settings *ps, const config_se
 
 /* Check `defs`, fill defaults, apply `section` (may be NULL).  Caller
  * frees *out with plugin_settings_free(). */
-int plugin_settings_from_config(const char *label, const sovmesh_setting_def *defs,
-                                const config_setting_t *section, plugin_settings **out,
-                                sovmesh_error *err)
+static int plugin_settings_from_config_unchecked(const char *label, const sovmesh_setting_def *defs,
+                                                 const config_setting_t *section,
+                                                 plugin_settings **out, sovmesh_error *err)
 {
 	*out = NULL;
 	plugin_settings *ps;
@@ -396,9 +398,9 @@ static int apply_param(const char *label, plugin_settings *ps, const char *param
 }
 
 /* As plugin_settings_from_config from "KEY=VALUE" strings. */
-int plugin_settings_from_params(const char *label, const sovmesh_setting_def *defs,
-                                const char *const *params, size_t n, plugin_settings **out,
-                                sovmesh_error *err)
+static int plugin_settings_from_params_unchecked(const char *label, const sovmesh_setting_def *defs,
+                                                 const char *const *params, size_t n,
+                                                 plugin_settings **out, sovmesh_error *err)
 {
 	*out = NULL;
 	plugin_settings *ps;
@@ -435,4 +437,26 @@ void plugin_settings_free(plugin_settings *s)
 		free(s->values[i].s);
 	free(s->values);
 	free(s);
+}
+
+/* The public entry points: as the _unchecked versions, with the error
+ * made one safe line (it echoes values from the config or command line). */
+int plugin_settings_from_config(const char *label, const sovmesh_setting_def *defs,
+                                const config_setting_t *section, plugin_settings **out,
+                                sovmesh_error *err)
+{
+	int r = plugin_settings_from_config_unchecked(label, defs, section, out, err);
+	if (r < 0 && err)
+		log_one_line(err->message);
+	return r;
+}
+
+int plugin_settings_from_params(const char *label, const sovmesh_setting_def *defs,
+                                const char *const *params, size_t n, plugin_settings **out,
+                                sovmesh_error *err)
+{
+	int r = plugin_settings_from_params_unchecked(label, defs, params, n, out, err);
+	if (r < 0 && err)
+		log_one_line(err->message);
+	return r;
 }

@@ -170,9 +170,9 @@ static int cmd_status(const cli *c)
 		printf("state dir:   %s\n", jstr(reply, "state_dir"));
 		printf("config:      %s\n", jstr(reply, "config"));
 		printf("log level:   %s\n", jstr(reply, "log_level"));
-		printf("mesh:        %s\n",
-		       json_is_true(json_object_get(reply, "mesh_enabled")) ? "enabled"
-		                                                            : "disabled");
+		printf("mesh:        %s\n", json_is_true(json_object_get(reply, "mesh_enabled"))
+		                                ? "enabled"
+		                                : "disabled");
 		printf("federated:   %s\n",
 		       json_is_true(json_object_get(reply, "federated_learning_enabled"))
 		           ? "enabled"
@@ -480,12 +480,9 @@ static int cmd_fl(const cli *c, int argc, char **argv)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"json", no_argument, NULL, 'j'},
-	    {"socket", required_argument, NULL, 's'},
-	    {"config", required_argument, NULL, 'c'},
-	    {"help", no_argument, NULL, 'h'},
-	    {"version", no_argument, NULL, 'V'},
-	    {0},
+	    {"json", no_argument, NULL, 'j'},         {"socket", required_argument, NULL, 's'},
+	    {"config", required_argument, NULL, 'c'}, {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},      {0},
 	};
 	cli c = {0};
 	int opt;
