@@ -8,6 +8,8 @@
  */
 #include "tensor_set.h"
 
+#include "log.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -49,30 +51,19 @@ int tset_fail(sovmesh_error *err, int code, const char *fmt, ...)
 	vsnprintf(err->message, sizeof(err->message), fmt, ap);
 	va_end(ap);
 	err->code = code;
-	for (char *c = err->message; *c; c++)
-		if ((unsigned char)*c < 0x20 || *c == 0x7f)
-			*c = '?';
+	log_one_line(err->message);
 	return code;
 }
 
-static const char *const dtype_names[] = {
-    [SOVMESH_DTYPE_F32] = "F32",         [SOVMESH_DTYPE_F16] = "F16",
-    [SOVMESH_DTYPE_BF16] = "BF16",       [SOVMESH_DTYPE_F64] = "F64",
-    [SOVMESH_DTYPE_I8] = "I8",           [SOVMESH_DTYPE_U8] = "U8",
-    [SOVMESH_DTYPE_I16] = "I16",         [SOVMESH_DTYPE_U16] = "U16",
-    [SOVMESH_DTYPE_I32] = "I32",         [SOVMESH_DTYPE_U32] = "U32",
-    [SOVMESH_DTYPE_I64] = "I64",         [SOVMESH_DTYPE_U64] = "U64",
-    [SOVMESH_DTYPE_BOOL] = "BOOL",       [SOVMESH_DTYPE_F8_E4M3] = "F8_E4M3",
-    [SOVMESH_DTYPE_F8_E5M2] = "F8_E5M2",
-};
-#define N_DTYPE_NAMES (sizeof(dtype_names) / sizeof(dtype_names[0]))
+/* The last enum value: names come from the SDK's sovmesh_dtype_name(). */
+#define LAST_DTYPE SOVMESH_DTYPE_F8_E5M2
 
 /* Returns the static name, or NULL for an unknown dtype. */
 const char *tset_dtype_name(sovmesh_dtype dtype)
 {
-	if ((unsigned)dtype >= N_DTYPE_NAMES)
+	if (dtype <= SOVMESH_DTYPE_INVALID || dtype > LAST_DTYPE)
 		return NULL;
-	return dtype_names[dtype];
+	return sovmesh_dtype_name(dtype);
 }
 
 /* SOVMESH_DTYPE_INVALID for NULL or an unknown name (names are case-sensitive,
@@ -81,8 +72,8 @@ sovmesh_dtype tset_dtype_from_name(const char *name)
 {
 	if (!name)
 		return SOVMESH_DTYPE_INVALID;
-	for (size_t i = 1; i < N_DTYPE_NAMES; i++)
-		if (dtype_names[i] && strcmp(dtype_names[i], name) == 0)
+	for (int i = SOVMESH_DTYPE_INVALID + 1; i <= LAST_DTYPE; i++)
+		if (strcmp(sovmesh_dtype_name((sovmesh_dtype)i), name) == 0)
 			return (sovmesh_dtype)i;
 	return SOVMESH_DTYPE_INVALID;
 }

@@ -47,57 +47,6 @@ static void fedavg_destroy(void *instance)
 		fa->api->free(fa->host, fa);
 }
 
-static const char *dtype_name(sovmesh_dtype dt)
-{
-	static const char *const names[] = {
-	    [SOVMESH_DTYPE_F32] = "F32",         [SOVMESH_DTYPE_F16] = "F16",
-	    [SOVMESH_DTYPE_BF16] = "BF16",       [SOVMESH_DTYPE_F64] = "F64",
-	    [SOVMESH_DTYPE_I8] = "I8",           [SOVMESH_DTYPE_U8] = "U8",
-	    [SOVMESH_DTYPE_I16] = "I16",         [SOVMESH_DTYPE_U16] = "U16",
-	    [SOVMESH_DTYPE_I32] = "I32",         [SOVMESH_DTYPE_U32] = "U32",
-	    [SOVMESH_DTYPE_I64] = "I64",         [SOVMESH_DTYPE_U64] = "U64",
-	    [SOVMESH_DTYPE_BOOL] = "BOOL",       [SOVMESH_DTYPE_F8_E4M3] = "F8_E4M3",
-	    [SOVMESH_DTYPE_F8_E5M2] = "F8_E5M2",
-	};
-	if ((unsigned)dt < sizeof(names) / sizeof(names[0]) && names[dt])
-		return names[dt];
-	return "unknown";
-}
-
-static void format_shape(const sovmesh_tensor *t, char *buf, size_t len)
-{
-	size_t n = (size_t)snprintf(buf, len, "[");
-	for (uint32_t d = 0; d < t->ndim && n < len; d++)
-		n += (size_t)snprintf(buf + n, len - n, "%s%llu", d ? "," : "",
-		                      (unsigned long long)t->shape[d]);
-	if (n < len)
-		snprintf(buf + n, len - n, "]");
-}
-
-/* Say exactly how inputs[i] differs from inputs[0] (the layout check
- * already found that it does, at tensor index `at`). */
-static int layout_error(const sovmesh_tensor_set *ref, const sovmesh_tensor_set *in, size_t i,
-                        size_t at, sovmesh_error *err)
-{
-	if (at >= ref->count || at >= in->count)
-		return sovmesh_fail(err, -EINVAL, "input %zu has %zu tensors, input 0 has %zu", i,
-		                    in->count, ref->count);
-	const sovmesh_tensor *a = &ref->tensors[at], *b = &in->tensors[at];
-	if (strcmp(a->name, b->name) != 0)
-		return sovmesh_fail(err, -EINVAL,
-		                    "input %zu: tensor %zu is named '%s', input 0 has '%s' there",
-		                    i, at, b->name, a->name);
-	if (a->dtype != b->dtype)
-		return sovmesh_fail(err, -EINVAL,
-		                    "input %zu: tensor '%s' has dtype %s, input 0 has %s", i,
-		                    b->name, dtype_name(b->dtype), dtype_name(a->dtype));
-	char sa[160], sb[160];
-	format_shape(a, sa, sizeof(sa));
-	format_shape(b, sb, sizeof(sb));
-	return sovmesh_fail(err, -EINVAL, "input %zu: tensor '%s' has shape %s, input 0 has %s", i,
-	                    b->name, sb, sa);
-}
-
 /* Every check that needs no data pass.  *max_numel gets the largest
  * tensor's element count (the scratch size). */
 static int check_inputs(const sovmesh_tensor_set *const *inputs, const double *weights, size_t n,
@@ -116,12 +65,10 @@ static int check_inputs(const sovmesh_tensor_set *const *inputs, const double *w
 			    "input %zu: weight %g is not a positive finite sample count", i,
 			    weights[i]);
 	}
+	int r = sovmesh_check_same_layouts(inputs, n, err);
+	if (r < 0)
+		return r;
 	const sovmesh_tensor_set *ref = inputs[0];
-	for (size_t i = 1; i < n; i++) {
-		size_t at = 0;
-		if (!sovmesh_tensor_set_same_layout(ref, inputs[i], &at))
-			return layout_error(ref, inputs[i], i, at, err);
-	}
 	size_t at = 0;
 	if (!sovmesh_tensor_set_same_layout(ref, out, &at))
 		return sovmesh_fail(err, -EINVAL,
@@ -136,7 +83,7 @@ static int check_inputs(const sovmesh_tensor_set *const *inputs, const double *w
 			    err, -ENOTSUP,
 			    "input 0: tensor '%s' has dtype %s; fedavg averages F32, "
 			    "F16, BF16 and F64 only",
-			    t->name, dtype_name(t->dtype));
+			    t->name, sovmesh_dtype_name(t->dtype));
 		uint64_t numel = sovmesh_tensor_numel(t);
 		uint64_t want = numel * sovmesh_dtype_size(t->dtype);
 		for (size_t i = 0; i <= n; i++) {

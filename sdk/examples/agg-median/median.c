@@ -113,55 +113,6 @@ static int cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* safetensors spelling of a dtype, for messages. */
-static const char *dtype_name(sovmesh_dtype d)
-{
-	static const char *const names[] = {
-	    [SOVMESH_DTYPE_F32] = "F32",         [SOVMESH_DTYPE_F16] = "F16",
-	    [SOVMESH_DTYPE_BF16] = "BF16",       [SOVMESH_DTYPE_F64] = "F64",
-	    [SOVMESH_DTYPE_I8] = "I8",           [SOVMESH_DTYPE_U8] = "U8",
-	    [SOVMESH_DTYPE_I16] = "I16",         [SOVMESH_DTYPE_U16] = "U16",
-	    [SOVMESH_DTYPE_I32] = "I32",         [SOVMESH_DTYPE_U32] = "U32",
-	    [SOVMESH_DTYPE_I64] = "I64",         [SOVMESH_DTYPE_U64] = "U64",
-	    [SOVMESH_DTYPE_BOOL] = "BOOL",       [SOVMESH_DTYPE_F8_E4M3] = "F8_E4M3",
-	    [SOVMESH_DTYPE_F8_E5M2] = "F8_E5M2",
-	};
-	if ((size_t)d < sizeof(names) / sizeof(names[0]) && names[d])
-		return names[d];
-	return "unknown";
-}
-
-/* "[4,16]" into buf (truncated if it does not fit). */
-static void shape_text(const sovmesh_tensor *t, char *buf, size_t len)
-{
-	size_t used = (size_t)snprintf(buf, len, "[");
-	for (uint32_t d = 0; d < t->ndim && used < len; d++)
-		used += (size_t)snprintf(buf + used, len - used, "%s%llu", d ? "," : "",
-		                         (unsigned long long)t->shape[d]);
-	if (used < len)
-		snprintf(buf + used, len - used, "]");
-}
-
-/* Say exactly how tensor x of input k differs from r, its input-0 twin. */
-static int layout_error(size_t k, const sovmesh_tensor *x, const sovmesh_tensor *r,
-                        sovmesh_error *err)
-{
-	if (strcmp(x->name, r->name) != 0)
-		return sovmesh_fail(err, -EINVAL,
-		                    "input %zu: has tensor '%s' where input 0 has '%s' "
-		                    "(the inputs are different adapters)",
-		                    k, x->name, r->name);
-	if (x->dtype != r->dtype)
-		return sovmesh_fail(err, -EINVAL,
-		                    "input %zu: tensor '%s' has dtype %s, input 0 has %s", k,
-		                    x->name, dtype_name(x->dtype), dtype_name(r->dtype));
-	char xs[128], rs[128];
-	shape_text(x, xs, sizeof(xs));
-	shape_text(r, rs, sizeof(rs));
-	return sovmesh_fail(err, -EINVAL, "input %zu: tensor '%s' has shape %s, input 0 has %s", k,
-	                    x->name, xs, rs);
-}
-
 /*
  * Check what aggregator.h requires before touching any data: n >= 1,
  * weights finite and > 0, every input laid out as inputs[0], float dtypes.
@@ -186,18 +137,12 @@ static int median_check(const sovmesh_tensor_set *const *inputs, const double *w
 			                    "input 0: tensor '%s' has dtype %s; median supports "
 			                    "F32, F16, BF16 and F64",
 			                    ref->tensors[t].name,
-			                    dtype_name(ref->tensors[t].dtype));
+			                    sovmesh_dtype_name(ref->tensors[t].dtype));
 	}
-	for (size_t k = 1; k < n; k++) {
-		size_t why = 0;
-		if (sovmesh_tensor_set_same_layout(ref, inputs[k], &why))
-			continue;
-		/* `why` is the first differing index, or the shorter count. */
-		if (why < ref->count && why < inputs[k]->count)
-			return layout_error(k, &inputs[k]->tensors[why], &ref->tensors[why], err);
-		return sovmesh_fail(err, -EINVAL, "input %zu has %zu tensors, input 0 has %zu", k,
-		                    inputs[k]->count, ref->count);
-	}
+	/* The SDK's helper says which input differs and how. */
+	int r = sovmesh_check_same_layouts(inputs, n, err);
+	if (r < 0)
+		return r;
 	/* The host made `out` from inputs[0]; trust but verify. */
 	if (!sovmesh_tensor_set_same_layout(ref, out, NULL))
 		return sovmesh_fail(err, -EINVAL, "output set does not have input 0's layout");

@@ -7,11 +7,53 @@
 #ifndef SOVMESH_AGGREGATOR_H
 #define SOVMESH_AGGREGATOR_H
 
+#include <errno.h>
+#include <string.h>
+
 #include "plugin.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/*
+ * 0 when every inputs[1..n-1] has the layout of inputs[0] (names, dtypes,
+ * shapes, in order); else -EINVAL with a message naming the input and
+ * saying how it differs ("input 2: tensor 'x.lora_A' has shape [4,8],
+ * input 0 has [4,16]").  The check every aggregator starts with.
+ */
+static inline int sovmesh_check_same_layouts(const sovmesh_tensor_set *const *inputs, size_t n,
+                                             sovmesh_error *err)
+{
+	const sovmesh_tensor_set *ref = inputs[0];
+	for (size_t k = 1; k < n; k++) {
+		size_t at = 0;
+		if (sovmesh_tensor_set_same_layout(ref, inputs[k], &at))
+			continue;
+		if (at >= ref->count || at >= inputs[k]->count)
+			return sovmesh_fail(err, -EINVAL,
+			                    "input %zu has %zu tensors, input 0 has %zu", k,
+			                    inputs[k]->count, ref->count);
+		const sovmesh_tensor *a = &ref->tensors[at], *b = &inputs[k]->tensors[at];
+		if (strcmp(a->name, b->name) != 0)
+			return sovmesh_fail(
+			    err, -EINVAL,
+			    "input %zu: has tensor '%s' where input 0 has '%s' (the "
+			    "inputs are different adapters)",
+			    k, b->name, a->name);
+		if (a->dtype != b->dtype)
+			return sovmesh_fail(
+			    err, -EINVAL, "input %zu: tensor '%s' has dtype %s, input 0 has %s", k,
+			    b->name, sovmesh_dtype_name(b->dtype), sovmesh_dtype_name(a->dtype));
+		char sa[160], sb[160];
+		sovmesh_tensor_shape_text(a, sa, sizeof(sa));
+		sovmesh_tensor_shape_text(b, sb, sizeof(sb));
+		return sovmesh_fail(err, -EINVAL,
+		                    "input %zu: tensor '%s' has shape %s, input 0 has %s", k,
+		                    b->name, sb, sa);
+	}
+	return 0;
+}
 
 typedef struct sovmesh_aggregator_ops {
 	uint32_t size; /* sizeof(sovmesh_aggregator_ops) as built */

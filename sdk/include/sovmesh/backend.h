@@ -47,21 +47,21 @@ typedef enum sovmesh_gen_kind {
 } sovmesh_gen_kind;
 
 typedef struct sovmesh_gen_request {
-	uint32_t size;         /* sizeof(sovmesh_gen_request) */
+	uint32_t size; /* sizeof(sovmesh_gen_request) */
 	sovmesh_gen_kind kind;
 	const char *model;
 	const char *body_json; /* the whole request body, Ollama shape */
 	size_t body_len;
-	int stream;            /* 1: chunks as they come; 0: one chunk */
-	uint32_t timeout_ms;   /* whole call; 0 = none */
+	int stream;          /* 1: chunks as they come; 0: one chunk */
+	uint32_t timeout_ms; /* whole call; 0 = none */
 } sovmesh_gen_request;
 
 /* One streamed piece: one NDJSON object of Ollama's stream. */
 typedef struct sovmesh_gen_chunk {
 	uint32_t size;
-	const char *json;  /* the object's JSON text, no newline */
+	const char *json; /* the object's JSON text, no newline */
 	size_t json_len;
-	int done;          /* 1 on the final object ("done": true) */
+	int done; /* 1 on the final object ("done": true) */
 } sovmesh_gen_chunk;
 
 typedef struct sovmesh_gen_callbacks {
@@ -91,19 +91,16 @@ typedef struct sovmesh_backend_ops {
 	uint32_t size; /* sizeof(sovmesh_backend_ops) as built */
 
 	/* Models available locally, as Ollama's /api/tags JSON. */
-	sovmesh_backend_call *(*list_models)(void *instance, sovmesh_backend_json_cb cb,
-	                                     void *ud);
+	sovmesh_backend_call *(*list_models)(void *instance, sovmesh_backend_json_cb cb, void *ud);
 	/* Chat or generate; streamed when req->stream. */
 	sovmesh_backend_call *(*generate)(void *instance, const sovmesh_gen_request *req,
 	                                  const sovmesh_gen_callbacks *cbs, void *ud);
 	/* Embed n texts with `model`. */
-	sovmesh_backend_call *(*embed)(void *instance, const char *model,
-	                               const char *const *texts, size_t n,
-	                               uint32_t timeout_ms, sovmesh_backend_embed_cb cb,
+	sovmesh_backend_call *(*embed)(void *instance, const char *model, const char *const *texts,
+	                               size_t n, uint32_t timeout_ms, sovmesh_backend_embed_cb cb,
 	                               void *ud);
 	/* Publish base model + adapter as target_model (Ollama /api/create). */
-	sovmesh_backend_call *(*apply_adapter)(void *instance,
-	                                       const sovmesh_adapter_apply *req,
+	sovmesh_backend_call *(*apply_adapter)(void *instance, const sovmesh_adapter_apply *req,
 	                                       sovmesh_backend_json_cb cb, void *ud);
 	/* Cancel a call that has not ended; no callback follows. */
 	void (*cancel)(void *instance, sovmesh_backend_call *call);
@@ -112,9 +109,8 @@ typedef struct sovmesh_backend_ops {
 	 * for "ps", "show" and "version", `body_json` may be NULL.  Returns
 	 * NULL with the callback not called for an unknown `what`.
 	 */
-	sovmesh_backend_call *(*info)(void *instance, const char *what,
-	                              const char *body_json, sovmesh_backend_json_cb cb,
-	                              void *ud);
+	sovmesh_backend_call *(*info)(void *instance, const char *what, const char *body_json,
+	                              sovmesh_backend_json_cb cb, void *ud);
 	/* Parallel request slots the engine serves at once (Ollama:
 	 * OLLAMA_NUM_PARALLEL); the router counts the backend busy when its
 	 * in-flight calls fill them.  May be NULL (then 1). */

@@ -16,25 +16,25 @@ extern "C" {
 #endif
 
 typedef struct sovmesh_cache_query {
-	uint32_t size;           /* sizeof(sovmesh_cache_query) */
-	const char *model;       /* only entries of this model match */
-	const char *query;       /* the user's question */
-	const float *embedding;  /* dim floats from the backend, or NULL: the
-	                            cache then uses its own built-in embedding */
+	uint32_t size;          /* sizeof(sovmesh_cache_query) */
+	const char *model;      /* only entries of this model match */
+	const char *query;      /* the user's question */
+	const float *embedding; /* dim floats from the backend, or NULL: the
+	                           cache then uses its own built-in embedding */
 	size_t dim;
-	double min_similarity;   /* cosine; <= 0 means the plugin's default */
+	double min_similarity; /* cosine; <= 0 means the plugin's default */
 } sovmesh_cache_query;
 
 typedef struct sovmesh_cache_hit {
-	uint32_t size;        /* sizeof(sovmesh_cache_hit), set by the caller */
-	char *answer;         /* host-allocated (api->alloc); caller frees */
-	char *query;          /* the cached question; host-allocated; caller frees */
+	uint32_t size; /* sizeof(sovmesh_cache_hit), set by the caller */
+	char *answer;  /* host-allocated (api->alloc); caller frees */
+	char *query;   /* the cached question; host-allocated; caller frees */
 	double similarity;
 	int64_t created_unix;
 } sovmesh_cache_hit;
 
 typedef struct sovmesh_cache_entry {
-	uint32_t size;         /* sizeof(sovmesh_cache_entry) */
+	uint32_t size; /* sizeof(sovmesh_cache_entry) */
 	const char *model;
 	const char *query;
 	const char *answer;
@@ -44,12 +44,12 @@ typedef struct sovmesh_cache_entry {
 } sovmesh_cache_entry;
 
 typedef struct sovmesh_cache_stats {
-	uint32_t size;      /* sizeof(sovmesh_cache_stats), set by the caller */
+	uint32_t size; /* sizeof(sovmesh_cache_stats), set by the caller */
 	uint64_t entries;
 	uint64_t hits;
 	uint64_t misses;
 	uint64_t evictions;
-	uint64_t bytes;     /* storage used, approximately */
+	uint64_t bytes; /* storage used, approximately */
 } sovmesh_cache_stats;
 
 typedef struct sovmesh_cache_ops {

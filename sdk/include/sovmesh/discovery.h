@@ -41,8 +41,8 @@ typedef struct sovmesh_discovered_peer {
 	const char *fingerprint; /* may be NULL (static peers) */
 	const char *address;     /* numeric IPv4/IPv6 literal */
 	uint16_t port;
-	uint32_t proto_version;  /* 0 if unknown */
-	uint32_t ifindex;        /* 0 if unknown; for IPv6 link-local */
+	uint32_t proto_version; /* 0 if unknown */
+	uint32_t ifindex;       /* 0 if unknown; for IPv6 link-local */
 } sovmesh_discovered_peer;
 
 /* Where a discovery plugin reports.  Loop thread only. */
@@ -66,8 +66,7 @@ typedef struct sovmesh_discovery_ops {
 	/* Stop publishing and browsing; no sink call follows.  May be NULL. */
 	void (*stop)(void *instance);
 	/* The announced facts changed (name, port).  May be NULL. */
-	int (*update)(void *instance, const sovmesh_local_service *self,
-	              sovmesh_error *err);
+	int (*update)(void *instance, const sovmesh_local_service *self, sovmesh_error *err);
 	/* Forget peer state and browse again now (user pressed refresh).
 	 * May be NULL. */
 	void (*refresh)(void *instance);

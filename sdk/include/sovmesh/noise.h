@@ -16,10 +16,10 @@ extern "C" {
 /* Per-call privacy parameters, from the node's config (noise_epsilon,
  * noise_clip, ...) or the offline tool's flags. */
 typedef struct sovmesh_noise_params {
-	uint32_t size;      /* sizeof(sovmesh_noise_params) */
-	double epsilon;     /* > 0; ε this release may spend */
-	double delta;       /* >= 0; 0 for pure ε-DP mechanisms */
-	double clip;        /* > 0; norm bound C (the mechanism picks the norm) */
+	uint32_t size;  /* sizeof(sovmesh_noise_params) */
+	double epsilon; /* > 0; ε this release may spend */
+	double delta;   /* >= 0; 0 for pure ε-DP mechanisms */
+	double clip;    /* > 0; norm bound C (the mechanism picks the norm) */
 } sovmesh_noise_params;
 
 /* Accounting families, so the core's ledger can compose tighter than
@@ -33,12 +33,12 @@ typedef enum sovmesh_noise_family {
 
 /* What one release costs. */
 typedef struct sovmesh_privacy_cost {
-	uint32_t size;            /* sizeof(sovmesh_privacy_cost) */
-	double epsilon;           /* ε spent (basic composition adds these) */
-	double delta;             /* δ spent */
+	uint32_t size;  /* sizeof(sovmesh_privacy_cost) */
+	double epsilon; /* ε spent (basic composition adds these) */
+	double delta;   /* δ spent */
 	sovmesh_noise_family family;
-	double noise_multiplier;  /* see sovmesh_noise_family */
-	double sensitivity;       /* Δ the noise was calibrated to */
+	double noise_multiplier; /* see sovmesh_noise_family */
+	double sensitivity;      /* Δ the noise was calibrated to */
 } sovmesh_privacy_cost;
 
 typedef struct sovmesh_noise_ops {
@@ -50,8 +50,8 @@ typedef struct sovmesh_noise_ops {
 	 * -EINVAL with a message for unusable params (ε <= 0, clip <= 0, a
 	 * δ the mechanism cannot use).
 	 */
-	int (*cost)(void *instance, const sovmesh_noise_params *params,
-	            sovmesh_privacy_cost *cost, sovmesh_error *err);
+	int (*cost)(void *instance, const sovmesh_noise_params *params, sovmesh_privacy_cost *cost,
+	            sovmesh_error *err);
 
 	/*
 	 * Clip `set` in place to the mechanism's norm bound params->clip, then
@@ -61,9 +61,8 @@ typedef struct sovmesh_noise_ops {
 	 * values: -EINVAL.  Randomness only from the host's random_bytes.
 	 * May run on a worker thread.
 	 */
-	int (*perturb)(void *instance, sovmesh_tensor_set *set,
-	               const sovmesh_noise_params *params, sovmesh_privacy_cost *cost,
-	               sovmesh_error *err);
+	int (*perturb)(void *instance, sovmesh_tensor_set *set, const sovmesh_noise_params *params,
+	               sovmesh_privacy_cost *cost, sovmesh_error *err);
 } sovmesh_noise_ops;
 
 #ifdef __cplusplus

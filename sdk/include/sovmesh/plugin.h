@@ -36,14 +36,14 @@ extern "C" {
 #endif
 
 #define SOVMESH_PLUGIN_MAGIC UINT64_C(0x53564d5348504c47) /* "SVMSHPLG" */
-#define SOVMESH_ABI_MAJOR 1
-#define SOVMESH_ABI_MINOR 0
+#define SOVMESH_ABI_MAJOR    1
+#define SOVMESH_ABI_MINOR    0
 
 /* The one symbol a plugin exports. */
 #define SOVMESH_PLUGIN_ENTRY_SYMBOL "sovmesh_plugin_entry"
 
 #if defined(__GNUC__)
-#define SOVMESH_EXPORT __attribute__((visibility("default")))
+#define SOVMESH_EXPORT            __attribute__((visibility("default")))
 #define SOVMESH_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
 #else
 #define SOVMESH_EXPORT
@@ -114,7 +114,7 @@ typedef enum sovmesh_setting_type {
 } sovmesh_setting_type;
 
 typedef struct sovmesh_setting_def {
-	const char *name;          /* [a-z][a-z0-9_]*; NULL ends the list */
+	const char *name; /* [a-z][a-z0-9_]*; NULL ends the list */
 	sovmesh_setting_type type;
 	const char *default_value; /* as text: "true", "42", "0.2", "median" */
 	double min, max;           /* INT and DOUBLE only; both 0 = unbounded */
@@ -122,25 +122,25 @@ typedef struct sovmesh_setting_def {
 } sovmesh_setting_def;
 
 /* Opaque types owned by the host. */
-typedef struct sovmesh_host sovmesh_host;     /* per plugin instance   */
-typedef struct sovmesh_timer sovmesh_timer;   /* see timer_start       */
-typedef struct sovmesh_watch sovmesh_watch;   /* see watch_add         */
+typedef struct sovmesh_host sovmesh_host;   /* per plugin instance   */
+typedef struct sovmesh_timer sovmesh_timer; /* see timer_start       */
+typedef struct sovmesh_watch sovmesh_watch; /* see watch_add         */
 typedef struct sovmesh_http_call sovmesh_http_call;
 
 /* fd watch events (watch_add). */
-#define SOVMESH_WATCH_READ 1u
+#define SOVMESH_WATCH_READ  1u
 #define SOVMESH_WATCH_WRITE 2u
 #define SOVMESH_WATCH_ERROR 4u /* only reported, never requested */
 
 /* An outgoing HTTP request made through the core's libcurl (http_request). */
 typedef struct sovmesh_http_request {
-	uint32_t size;            /* sizeof(sovmesh_http_request) */
-	const char *method;       /* "GET", "POST", ...                 */
-	const char *url;          /* http:// or https:// URL            */
+	uint32_t size;              /* sizeof(sovmesh_http_request) */
+	const char *method;         /* "GET", "POST", ...                 */
+	const char *url;            /* http:// or https:// URL            */
 	const char *const *headers; /* "Name: value" strings, NULL-ended, may be NULL */
-	const void *body;         /* may be NULL                        */
+	const void *body;           /* may be NULL                        */
 	size_t body_len;
-	uint32_t timeout_ms;      /* whole request; 0 = no limit        */
+	uint32_t timeout_ms;         /* whole request; 0 = no limit        */
 	uint32_t connect_timeout_ms; /* 0 = libcurl's default           */
 } sovmesh_http_request;
 
@@ -176,8 +176,7 @@ typedef struct sovmesh_host_api {
 	 * SOVMESH_LOG_DEBUG (DESIGN.md §6.7). */
 	void (*log)(sovmesh_host *host, sovmesh_log_level level, const char *fmt, ...)
 	    SOVMESH_PRINTF(3, 4);
-	void (*vlog)(sovmesh_host *host, sovmesh_log_level level, const char *fmt,
-	             va_list ap);
+	void (*vlog)(sovmesh_host *host, sovmesh_log_level level, const char *fmt, va_list ap);
 
 	/* ---- memory: any thread.  Same contract as malloc/calloc/realloc/
 	 * free; memory handed across the ABI (see each slot) uses these. */
@@ -194,8 +193,8 @@ typedef struct sovmesh_host_api {
 	/* Call cb after timeout_ms, then every repeat_ms if non-zero.  Returns
 	 * NULL on out-of-memory.  The timer is owned by the host until
 	 * timer_stop(); stopping is allowed inside cb. */
-	sovmesh_timer *(*timer_start)(sovmesh_host *host, uint64_t timeout_ms,
-	                              uint64_t repeat_ms, void (*cb)(void *ud), void *ud);
+	sovmesh_timer *(*timer_start)(sovmesh_host *host, uint64_t timeout_ms, uint64_t repeat_ms,
+	                              void (*cb)(void *ud), void *ud);
 	/* Stop and release a timer; NULL is a no-op.  cb is not called again. */
 	void (*timer_stop)(sovmesh_host *host, sovmesh_timer *timer);
 
@@ -205,8 +204,7 @@ typedef struct sovmesh_host_api {
 	 * plus SOVMESH_WATCH_ERROR on error/hang-up.  Removing any watch,
 	 * including the current one, inside cb is allowed. */
 	sovmesh_watch *(*watch_add)(sovmesh_host *host, int fd, unsigned events,
-	                            void (*cb)(void *ud, int fd, unsigned revents),
-	                            void *ud);
+	                            void (*cb)(void *ud, int fd, unsigned revents), void *ud);
 	int (*watch_update)(sovmesh_host *host, sovmesh_watch *watch, unsigned events);
 	void (*watch_remove)(sovmesh_host *host, sovmesh_watch *watch);
 
@@ -240,8 +238,7 @@ typedef struct sovmesh_host_api {
 	 * shapes copied; data zeroed), or, if layout is NULL, an empty set
 	 * with room for count tensors that the caller fills with tensor_init.
 	 * Freed with tensor_set_free.  NULL on out-of-memory. */
-	sovmesh_tensor_set *(*tensor_set_new)(sovmesh_host *host,
-	                                      const sovmesh_tensor_set *layout,
+	sovmesh_tensor_set *(*tensor_set_new)(sovmesh_host *host, const sovmesh_tensor_set *layout,
 	                                      size_t count);
 	/* Give tensor `index` of a set from tensor_set_new(host, NULL, n) its
 	 * name, dtype and shape, and allocate zeroed data. */
@@ -251,19 +248,17 @@ typedef struct sovmesh_host_api {
 	void (*tensor_set_free)(sovmesh_host *host, sovmesh_tensor_set *set);
 	/* Read <dir>/adapter_model.safetensors (and check adapter_config.json
 	 * parses) into a new set the caller frees with tensor_set_free. */
-	int (*adapter_read)(sovmesh_host *host, const char *dir,
-	                    sovmesh_tensor_set **out, sovmesh_error *err);
+	int (*adapter_read)(sovmesh_host *host, const char *dir, sovmesh_tensor_set **out,
+	                    sovmesh_error *err);
 	/* Write a PEFT adapter directory atomically: the safetensors file and
 	 * adapter_config.json (config_json, or a minimal LoRA config if NULL). */
-	int (*adapter_write)(sovmesh_host *host, const char *dir,
-	                     const sovmesh_tensor_set *set, const char *config_json,
-	                     sovmesh_error *err);
+	int (*adapter_write)(sovmesh_host *host, const char *dir, const sovmesh_tensor_set *set,
+	                     const char *config_json, sovmesh_error *err);
 
 	/* ---- async HTTP through the core's libcurl: loop thread.  Returns a
 	 * call handle owned by the host until on_done (or http_cancel), or
 	 * NULL with *err filled. */
-	sovmesh_http_call *(*http_request)(sovmesh_host *host,
-	                                   const sovmesh_http_request *req,
+	sovmesh_http_call *(*http_request)(sovmesh_host *host, const sovmesh_http_request *req,
 	                                   const sovmesh_http_callbacks *cbs, void *ud,
 	                                   sovmesh_error *err);
 	/* Cancel a call that has not finished; no callback follows.  NULL is
@@ -275,8 +270,7 @@ typedef struct sovmesh_host_api {
 	 * Names the core emits are listed in docs/plugin-abi.md. */
 	int (*event_emit)(sovmesh_host *host, const char *name, const char *json);
 	int (*event_subscribe)(sovmesh_host *host, const char *name,
-	                       void (*cb)(void *ud, const char *name, const char *json),
-	                       void *ud);
+	                       void (*cb)(void *ud, const char *name, const char *json), void *ud);
 } sovmesh_host_api;
 
 /*
@@ -284,15 +278,15 @@ typedef struct sovmesh_host_api {
  * constant for as long as the library is loaded (a static const object).
  */
 typedef struct sovmesh_plugin_descriptor {
-	uint64_t magic;       /* SOVMESH_PLUGIN_MAGIC */
-	uint32_t size;        /* sizeof(sovmesh_plugin_descriptor) as built */
-	uint16_t abi_major;   /* SOVMESH_ABI_MAJOR the plugin was built with */
-	uint16_t abi_minor;   /* SOVMESH_ABI_MINOR the plugin was built with */
-	uint32_t kind;        /* sovmesh_plugin_kind */
-	const char *name;     /* "fedavg": [a-z0-9][a-z0-9_]*, matches the file */
-	const char *version;  /* the plugin's own version, e.g. "1.0.0" */
-	const char *license;  /* SPDX identifier */
-	const char *description; /* one line */
+	uint64_t magic;                      /* SOVMESH_PLUGIN_MAGIC */
+	uint32_t size;                       /* sizeof(sovmesh_plugin_descriptor) as built */
+	uint16_t abi_major;                  /* SOVMESH_ABI_MAJOR the plugin was built with */
+	uint16_t abi_minor;                  /* SOVMESH_ABI_MINOR the plugin was built with */
+	uint32_t kind;                       /* sovmesh_plugin_kind */
+	const char *name;                    /* "fedavg": [a-z0-9][a-z0-9_]*, matches the file */
+	const char *version;                 /* the plugin's own version, e.g. "1.0.0" */
+	const char *license;                 /* SPDX identifier */
+	const char *description;             /* one line */
 	const sovmesh_setting_def *settings; /* NULL-name-terminated; may be NULL */
 
 	/*
@@ -320,22 +314,21 @@ typedef const sovmesh_plugin_descriptor *(*sovmesh_plugin_entry_fn)(void);
 #define SOVMESH_EXTERN_C
 #endif
 
-#define SOVMESH_PLUGIN_DEFINE(descriptor_var)                                  \
-	SOVMESH_EXTERN_C SOVMESH_EXPORT const sovmesh_plugin_descriptor            \
-	    *sovmesh_plugin_entry(void);                                         \
-	SOVMESH_EXTERN_C SOVMESH_EXPORT const sovmesh_plugin_descriptor            \
-	    *sovmesh_plugin_entry(void)                                          \
-	{                                                                          \
-		return &(descriptor_var);                                          \
+#define SOVMESH_PLUGIN_DEFINE(descriptor_var)                                                      \
+	SOVMESH_EXTERN_C SOVMESH_EXPORT const sovmesh_plugin_descriptor *sovmesh_plugin_entry(     \
+	    void);                                                                                 \
+	SOVMESH_EXTERN_C SOVMESH_EXPORT const sovmesh_plugin_descriptor *sovmesh_plugin_entry(     \
+	    void)                                                                                  \
+	{                                                                                          \
+		return &(descriptor_var);                                                          \
 	}
 
 /*
  * Slot check for callers of a size-prefixed table: non-zero when `table`
  * is long enough to hold `member` and the member is set.
  */
-#define SOVMESH_HAS_SLOT(table, type, member)                                  \
-	((table) != NULL &&                                                    \
-	 (table)->size >= offsetof(type, member) + sizeof((table)->member) &&  \
+#define SOVMESH_HAS_SLOT(table, type, member)                                                      \
+	((table) != NULL && (table)->size >= offsetof(type, member) + sizeof((table)->member) &&   \
 	 (table)->member != NULL)
 
 #ifdef __cplusplus

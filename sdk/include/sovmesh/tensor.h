@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #ifdef __cplusplus
@@ -98,6 +99,34 @@ static inline size_t sovmesh_dtype_size(sovmesh_dtype dtype)
 	}
 }
 
+/* The safetensors spelling of a dtype ("F32", "BF16", ...), "unknown"
+ * for a value outside the enum.  For messages and file headers. */
+/* clang-format off */
+static inline const char *sovmesh_dtype_name(sovmesh_dtype dtype)
+{
+	/* A switch, not a designated-initializer table: C++ plugins include
+	 * this header too. */
+	switch (dtype) {
+	case SOVMESH_DTYPE_F32: return "F32";
+	case SOVMESH_DTYPE_F16: return "F16";
+	case SOVMESH_DTYPE_BF16: return "BF16";
+	case SOVMESH_DTYPE_F64: return "F64";
+	case SOVMESH_DTYPE_I8: return "I8";
+	case SOVMESH_DTYPE_U8: return "U8";
+	case SOVMESH_DTYPE_I16: return "I16";
+	case SOVMESH_DTYPE_U16: return "U16";
+	case SOVMESH_DTYPE_I32: return "I32";
+	case SOVMESH_DTYPE_U32: return "U32";
+	case SOVMESH_DTYPE_I64: return "I64";
+	case SOVMESH_DTYPE_U64: return "U64";
+	case SOVMESH_DTYPE_BOOL: return "BOOL";
+	case SOVMESH_DTYPE_F8_E4M3: return "F8_E4M3";
+	case SOVMESH_DTYPE_F8_E5M2: return "F8_E5M2";
+	default: return "unknown";
+	}
+}
+/* clang-format on */
+
 /* 1 for the floating-point dtypes aggregators and noise accept. */
 static inline int sovmesh_dtype_is_float(sovmesh_dtype dtype)
 {
@@ -112,6 +141,19 @@ static inline uint64_t sovmesh_tensor_numel(const sovmesh_tensor *t)
 	for (uint32_t i = 0; i < t->ndim; i++)
 		n *= t->shape[i];
 	return n;
+}
+
+/* Write `t`'s shape as "[4,16]" into buf (truncated to len - 1 bytes). */
+static inline void sovmesh_tensor_shape_text(const sovmesh_tensor *t, char *buf, size_t len)
+{
+	if (len == 0)
+		return;
+	size_t used = (size_t)snprintf(buf, len, "[");
+	for (uint32_t d = 0; d < t->ndim && used < len; d++)
+		used += (size_t)snprintf(buf + used, len - used, "%s%llu", d ? "," : "",
+		                         (unsigned long long)t->shape[d]);
+	if (used < len)
+		snprintf(buf + used, len - used, "]");
 }
 
 /* IEEE 754 binary16 -> binary32, exact (subnormals, inf, NaN kept). */
@@ -264,14 +306,13 @@ static inline void sovmesh_tensor_set_value(sovmesh_tensor *t, uint64_t i, doubl
  * is shorter).
  */
 static inline int sovmesh_tensor_set_same_layout(const sovmesh_tensor_set *a,
-                                                 const sovmesh_tensor_set *b,
-                                                 size_t *why)
+                                                 const sovmesh_tensor_set *b, size_t *why)
 {
 	size_t n = a->count < b->count ? a->count : b->count;
 	for (size_t i = 0; i < n; i++) {
 		const sovmesh_tensor *x = &a->tensors[i], *y = &b->tensors[i];
-		int same = strcmp(x->name, y->name) == 0 && x->dtype == y->dtype &&
-		           x->ndim == y->ndim;
+		int same =
+		    strcmp(x->name, y->name) == 0 && x->dtype == y->dtype && x->ndim == y->ndim;
 		for (uint32_t d = 0; same && d < x->ndim; d++)
 			same = x->shape[d] == y->shape[d];
 		if (!same) {

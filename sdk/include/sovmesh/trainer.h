@@ -16,7 +16,7 @@ extern "C" {
 /* Feedback ratings. */
 #define SOVMESH_RATING_DOWN (-1)
 #define SOVMESH_RATING_NONE 0
-#define SOVMESH_RATING_UP 1
+#define SOVMESH_RATING_UP   1
 
 /* One training sample.  Text fields are UTF-8 or NULL; `features` is set
  * by callers that already have a numeric input (the simulator), else NULL. */
@@ -28,11 +28,11 @@ typedef struct sovmesh_sample {
 	int rating;             /* SOVMESH_RATING_* */
 	const float *features;  /* n_features values, or NULL */
 	size_t n_features;
-	int32_t label;          /* class label with features, else -1 */
+	int32_t label; /* class label with features, else -1 */
 } sovmesh_sample;
 
 typedef struct sovmesh_train_input {
-	uint32_t size;                    /* sizeof(sovmesh_train_input) */
+	uint32_t size; /* sizeof(sovmesh_train_input) */
 	const sovmesh_sample *samples;
 	size_t n_samples;
 	/* The adapter being improved, or NULL on the first round (the trainer
@@ -41,16 +41,16 @@ typedef struct sovmesh_train_input {
 	/* Directory holding `current` as a PEFT adapter, or NULL; for trainers
 	 * that run external tools. */
 	const char *current_dir;
-	const char *base_model;           /* e.g. "llama3.2:1b" */
-	uint32_t timeout_ms;              /* 0 = no limit */
-	uint64_t seed;                    /* for reproducible simulator runs */
+	const char *base_model; /* e.g. "llama3.2:1b" */
+	uint32_t timeout_ms;    /* 0 = no limit */
+	uint64_t seed;          /* for reproducible simulator runs */
 } sovmesh_train_input;
 
 typedef struct sovmesh_train_report {
-	uint32_t size;         /* sizeof(sovmesh_train_report) */
+	uint32_t size; /* sizeof(sovmesh_train_report) */
 	size_t samples_used;
-	double loss_before;    /* NaN if unknown */
-	double loss_after;     /* NaN if unknown */
+	double loss_before; /* NaN if unknown */
+	double loss_after;  /* NaN if unknown */
 } sovmesh_train_report;
 
 typedef struct sovmesh_trainer_ops {
@@ -62,9 +62,8 @@ typedef struct sovmesh_trainer_ops {
 	 * tensor_set_new that the host frees; *report filled.  -ETIMEDOUT
 	 * when timeout_ms passed; -EINVAL for unusable samples.
 	 */
-	int (*train)(void *instance, const sovmesh_train_input *in,
-	             sovmesh_tensor_set **out, sovmesh_train_report *report,
-	             sovmesh_error *err);
+	int (*train)(void *instance, const sovmesh_train_input *in, sovmesh_tensor_set **out,
+	             sovmesh_train_report *report, sovmesh_error *err);
 } sovmesh_trainer_ops;
 
 #ifdef __cplusplus
