@@ -15,6 +15,7 @@ PACKAGES=(
   gcc clang libclang-rt-14-dev make binutils pkg-config meson ninja-build python3
   libuv1-dev libgnutls28-dev nettle-dev libconfig-dev libjansson-dev
   libcurl4-gnutls-dev libcmocka-dev node-llhttp
+  libqrencode-dev libzbar-dev libpng-dev libjpeg-dev gnutls-bin curl
 )
 
 as_root() {
