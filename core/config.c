@@ -20,6 +20,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "hostport.h"
 #include "log.h"
 
 extern const char config_default_text_data[];
@@ -50,6 +51,7 @@ enum key_check {
 	CHECK_ABS_PATHS,   /* every list element absolute */
 	CHECK_NODE_NAME,   /* "" or 1..63 bytes of UTF-8 without controls */
 	CHECK_SOCKET_PATH, /* "" or absolute and fits sockaddr_un */
+	CHECK_LISTEN_ADDR, /* numeric host:port, port 0 = any free port */
 };
 
 #define NO_FIELD ((size_t)-1)
@@ -87,7 +89,13 @@ static const key_def schema[] = {
     {"mesh.discovery",                          KT_STRING,      "mdns",    0, 0, 0, 0,           CHECK_PLUGIN_NAME, "discovery", FIELD(mesh_discovery), 0},
     {"mesh.serve_inference",                    KT_BOOL,        "true",    0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(serve_inference), 0},
     {"mesh.max_concurrent_peer_requests",       KT_INT,         "2",       1, 0, 0, 1024,        CHECK_NONE,        NULL,        FIELD(max_concurrent_peer_requests), 0},
+    {"mesh.peer_listen",                        KT_STRING,      "0.0.0.0:47470", 0, 0, 0, 0,     CHECK_LISTEN_ADDR, NULL,        FIELD(peer_listen), 0},
     {"mesh.request_timeout_secs",               KT_INT,         "60",      1, 0, 1, 3600,        CHECK_NONE,        NULL,        FIELD(request_timeout_secs), 0},
+
+    {"pairing",                                 KT_GROUP,       NULL,      0, 0, 0, 0,           CHECK_NONE,        NULL,        NO_FIELD, 0},
+    {"pairing.listen",                          KT_STRING,      "0.0.0.0:47471", 0, 0, 0, 0,     CHECK_LISTEN_ADDR, NULL,        FIELD(pairing_listen), 0},
+    {"pairing.code_ttl_secs",                   KT_INT,         "600",     1, 0, 30, 86400,      CHECK_NONE,        NULL,        FIELD(pairing_code_ttl_secs), 0},
+    {"pairing.max_attempts",                    KT_INT,         "5",       1, 0, 1, 20,          CHECK_NONE,        NULL,        FIELD(pairing_max_attempts), 0},
 
     {"federated_learning",                      KT_GROUP,       NULL,      0, 0, 0, 0,           CHECK_NONE,        NULL,        NO_FIELD, 0},
     {"federated_learning.enabled",              KT_BOOL,        "true",    0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(fl_enabled), 0},
@@ -381,6 +389,13 @@ static int check_string(const load_ctx *ctx, const key_def *k, const config_sett
 			               "is %zu bytes long; a Unix socket path may have at most %zu",
 			               strlen(v), sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
 		return 0;
+	case CHECK_LISTEN_ADDR: {
+		hostport hp;
+		const char *why = NULL;
+		if (hostport_parse(v, 1, &hp, &why) < 0)
+			return fail_at(ctx, s, k->path, "'%s' is not a listen address: %s", v, why);
+		return 0;
+	}
 	case CHECK_NODE_NAME:
 		if (strlen(v) > MAX_NODE_NAME)
 			return fail_at(ctx, s, k->path, "is %zu bytes long; at most %d are allowed",
@@ -996,6 +1011,8 @@ void config_free(sovmesh_config *cfg)
 	free_list(cfg->plugin_path);
 	free(cfg->control_socket);
 	free(cfg->mesh_discovery);
+	free(cfg->peer_listen);
+	free(cfg->pairing_listen);
 	free(cfg->aggregation_method);
 	free(cfg->noise_mechanism);
 	free(cfg);

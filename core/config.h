@@ -33,6 +33,12 @@ typedef struct sovmesh_config {
 	int serve_inference;
 	int64_t max_concurrent_peer_requests;
 	int64_t request_timeout_secs;
+	char *peer_listen;    /* mutual-TLS peer port, "host:port" */
+
+	/* pairing */
+	char *pairing_listen; /* TLS-SRP listener, open only while a code is outstanding */
+	int64_t pairing_code_ttl_secs;
+	int64_t pairing_max_attempts;
 
 	/* federated_learning (DESIGN.md §5 seed keys, then ours) */
 	int fl_enabled;

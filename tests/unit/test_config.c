@@ -29,6 +29,10 @@ static const char *const all_keys[] = {
     "mesh.serve_inference",
     "mesh.max_concurrent_peer_requests",
     "mesh.request_timeout_secs",
+    "mesh.peer_listen",
+    "pairing.listen",
+    "pairing.code_ttl_secs",
+    "pairing.max_attempts",
     "federated_learning.enabled",
     "federated_learning.sync_after_n_samples",
     "federated_learning.max_peers",
@@ -322,6 +326,33 @@ static void test_type_errors(void **state)
 	config_free(cfg);
 }
 
+static void test_listen_addresses(void **state)
+{
+	(void)state;
+	expect_error("mesh = { peer_listen = \"localhost:47470\"; };",
+	             "t.conf:1: mesh.peer_listen: 'localhost:47470' is not a listen address: host "
+	             "must be a numeric IPv4 or [IPv6] address");
+	expect_error("pairing = { listen = \"127.0.0.1\"; };",
+	             "t.conf:1: pairing.listen: '127.0.0.1' is not a listen address: missing "
+	             "':port'");
+	expect_error("pairing = { listen = \"127.0.0.1:70000\"; };",
+	             "t.conf:1: pairing.listen: '127.0.0.1:70000' is not a listen address: port "
+	             "must be 0..65535");
+	expect_error("pairing = { listen = \"[::1:5\"; };",
+	             "t.conf:1: pairing.listen: '[::1:5' is not a listen address: missing ']' "
+	             "after an IPv6 address");
+	expect_error("pairing = { max_attempts = 0; };",
+	             "t.conf:1: pairing.max_attempts: must be between 1 and 20, got 0");
+	sovmesh_config *cfg = load_ok("mesh = { peer_listen = \"[::1]:0\"; };\n"
+	                              "pairing = { listen = \"127.0.0.2:4000\"; code_ttl_secs = "
+	                              "60; };");
+	assert_string_equal(cfg->peer_listen, "[::1]:0");
+	assert_string_equal(cfg->pairing_listen, "127.0.0.2:4000");
+	assert_int_equal(cfg->pairing_code_ttl_secs, 60);
+	assert_int_equal(cfg->pairing_max_attempts, 5);
+	config_free(cfg);
+}
+
 static void test_range_errors(void **state)
 {
 	(void)state;
@@ -612,6 +643,7 @@ int main(void)
 	    cmocka_unit_test(test_io_errors),
 	    cmocka_unit_test(test_type_errors),
 	    cmocka_unit_test(test_range_errors),
+	    cmocka_unit_test(test_listen_addresses),
 	    cmocka_unit_test(test_wrapped_integer_refused),
 	    cmocka_unit_test(test_string_checks),
 	    cmocka_unit_test(test_unknown_keys),
