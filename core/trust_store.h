@@ -57,4 +57,10 @@ int trust_store_remove(trust_store *ts, const char *fingerprint_hex, sovmesh_err
 int trust_store_note_address(trust_store *ts, const char *fingerprint_hex, const char *hostport,
                              sovmesh_error *err);
 
+/* The rule add() applies to a peer's name (untrusted, from the network):
+ * valid UTF-8, 1..63 bytes, no control or bidi-override characters.  For
+ * pairing to refuse a bad name before the handshake ends.  0 or -EINVAL
+ * with "peer name: ...". */
+int trust_store_check_name(const char *name, sovmesh_error *err);
+
 #endif
