@@ -9,8 +9,10 @@
  * and the handler's cancel callback runs; the bytes read meanwhile are
  * buffered (bounded) for the next request.
  *
- * Bytes enter through conn_feed() and leave through conn_write(); a TLS
- * layer for the peer port slots in at those two points.
+ * Bytes enter through conn_feed() and leave through conn_write(); on a
+ * TLS listener (the peer port) a tls_stream sits between the socket and
+ * those two points: on_read hands it ciphertext, it hands back plaintext
+ * (conn_input), and conn_write encrypts through it.
  */
 #include "http_server.h"
 
@@ -29,6 +31,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "identity.h"
 #include "log.h"
 
 #define DEFAULT_MAX_HEADER_BYTES (16u * 1024u)
@@ -76,6 +79,8 @@ struct http_server {
 	bool listener_open; /* the handle is initialized and not yet closed */
 	bool listener_closing;
 	bool listening;
+	bool tls;
+	http_tls_config tls_cfg;
 	http_server_closed_fn close_cb;
 	void *close_ud;
 };
@@ -124,6 +129,8 @@ struct http_conn {
 	uid_t uid;
 	gid_t gid;
 	char peer_addr[64];
+	tls_stream *tls; /* TLS listeners only */
+	bool revoked;
 	char rbuf[READ_BUFFER_SIZE];
 };
 
@@ -136,6 +143,7 @@ struct http_response {
 	char *target, *path, *hdrbuf, *body;
 	http_header *headers;
 	char peer_addr[64];
+	char peer_fp[IDENTITY_FP_HEX_LEN + 1];
 	bytes extra; /* "Name: value\r\n" lines from add_header */
 	enum resp_state state;
 	bool cancelled;
@@ -289,6 +297,7 @@ static void conn_free(http_conn *conn)
 	bytes_free(&conn->hdr);
 	bytes_free(&conn->body);
 	free(conn->spans);
+	tls_stream_free(conn->tls);
 	free(conn);
 	server_maybe_finish_close(srv);
 }
@@ -360,6 +369,7 @@ static void conn_linger(http_conn *conn)
 		return;
 	conn->state = CONN_LINGER;
 	conn->discard_input = true;
+	tls_stream_bye(conn->tls);
 	conn->shutdown_req.data = conn;
 	if (uv_shutdown(&conn->shutdown_req, &conn->h.stream, on_shutdown) < 0) {
 		conn_close(conn);
@@ -373,9 +383,8 @@ static void conn_linger(http_conn *conn)
 
 static void on_response_flushed(http_conn *conn);
 
-static void on_write(uv_write_t *req, int status)
+static void write_done(write_req *w, int status)
 {
-	write_req *w = (write_req *)req;
 	http_conn *conn = w->conn;
 	bool last = w->last;
 	free(w);
@@ -389,6 +398,16 @@ static void on_write(uv_write_t *req, int status)
 	}
 	if (last)
 		on_response_flushed(conn);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+	write_done((write_req *)req, status);
+}
+
+static void on_tls_write(void *ud, int status)
+{
+	write_done(ud, status);
 }
 
 /* Close on the next loop turn: the caller may be a handler inside an
@@ -424,6 +443,15 @@ static int conn_write(http_conn *conn, const uv_buf_t *parts, size_t nparts, boo
 		if (parts[i].len)
 			memcpy(w->data + off, parts[i].base, parts[i].len);
 		off += parts[i].len;
+	}
+	if (conn->tls) {
+		/* Encrypted straight from w->data; w only carries the callback. */
+		int r = tls_stream_write(conn->tls, w->data, len, on_tls_write, w);
+		if (r < 0) {
+			free(w);
+			conn_close_soon(conn);
+		}
+		return r;
 	}
 	uv_buf_t buf = uv_buf_init(w->data, (unsigned)len);
 	int r = uv_write(&w->req, &conn->h.stream, &buf, 1, on_write);
@@ -498,6 +526,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 }
 
 static void conn_feed(http_conn *conn, const char *data, size_t len);
+static bool conn_input(http_conn *conn, const char *data, size_t len);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void conn_start_reading(http_conn *conn)
@@ -535,16 +564,49 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	}
 	if (conn->discard_input)
 		return;
-	if (conn->state == CONN_READING) {
-		conn_feed(conn, buf->base, (size_t)nread);
+	if (!conn->tls) {
+		conn_input(conn, buf->base, (size_t)nread);
 		return;
 	}
-	if (bytes_append(&conn->in, buf->base, (size_t)nread) < 0) {
+	int r = tls_stream_feed(conn->tls, buf->base, (size_t)nread);
+	if (r < 0 && conn->state != CONN_CLOSING) {
+		/* Refusals are worth a line: someone unpaired is knocking. */
+		if (tls_stream_established(conn->tls) || r == -ECONNRESET)
+			log_debug("[%s] connection %llu from %s: %s", srv_name(conn->srv),
+			          (unsigned long long)conn->id, conn->peer_addr,
+			          tls_stream_error(conn->tls));
+		else
+			log_info("[%s] refused a TLS connection from %s: %s", srv_name(conn->srv),
+			         conn->peer_addr, tls_stream_error(conn->tls));
 		conn_close(conn);
-		return;
+	} else if (r == 1) {
+		/* close_notify: the client is gone, as with EOF. */
+		conn_close(conn);
+	}
+}
+
+/* Plaintext from the client (TLS or not).  False once nothing more is
+ * wanted from this read. */
+static bool conn_input(http_conn *conn, const char *data, size_t len)
+{
+	if (conn->discard_input || conn->state == CONN_CLOSING)
+		return false;
+	if (conn->state == CONN_READING) {
+		conn_feed(conn, data, len);
+		return conn->state != CONN_CLOSING;
+	}
+	if (bytes_append(&conn->in, data, len) < 0) {
+		conn_close(conn);
+		return false;
 	}
 	if (conn->in.len >= PIPELINE_BUFFER_MAX)
 		conn_stop_reading(conn);
+	return true;
+}
+
+static bool on_tls_data(void *ud, const char *data, size_t len)
+{
+	return conn_input(ud, data, len);
 }
 
 static void conn_dispatch(http_conn *conn);
@@ -813,6 +875,11 @@ static http_response *response_new(http_conn *conn)
 	r->uid = conn->uid;
 	r->gid = conn->gid;
 	r->peer_addr = resp->peer_addr;
+	const uint8_t *fp = conn->tls ? tls_stream_peer_fingerprint(conn->tls) : NULL;
+	if (fp) {
+		identity_fp_to_hex(fp, resp->peer_fp);
+		r->peer_fingerprint = resp->peer_fp;
+	}
 	resp->head = strcmp(r->method, "HEAD") == 0;
 	return resp;
 }
@@ -918,6 +985,25 @@ static void on_connection(uv_stream_t *listener, int status)
 		return;
 	}
 	conn_fill_peer(conn);
+	if (srv->tls) {
+		tls_stream_config tc = {
+		    .is_server = true,
+		    .creds = srv->tls_cfg.creds,
+		    .pin_ok = srv->tls_cfg.pin_ok,
+		    .pin_ud = srv->tls_cfg.pin_ud,
+		    .priority = srv->tls_cfg.priority,
+		};
+		static const tls_stream_callbacks tcbs = {.on_data = on_tls_data};
+		r = tls_stream_new(&conn->h.stream, &tc, &tcbs, conn, &conn->tls);
+		if (r == 0)
+			r = tls_stream_start(conn->tls);
+		if (r < 0) {
+			log_warning("[%s] cannot start TLS for %s: %s", srv_name(srv),
+			            conn->peer_addr, strerror(-r));
+			conn_close(conn);
+			return;
+		}
+	}
 	llhttp_init(&conn->parser, HTTP_REQUEST, &parser_settings);
 	conn->parser.data = conn;
 	conn_timer(conn, srv->opts.idle_timeout_ms);
@@ -1166,6 +1252,41 @@ int http_server_listen_tcp(http_server *srv, const char *host, int port, sovmesh
 	return server_start(srv, fd, where, err);
 }
 
+int http_server_listen_tls(http_server *srv, const char *host, int port, const http_tls_config *cfg,
+                           sovmesh_error *err)
+{
+	if (!srv || !cfg || !cfg->creds || !cfg->pin_ok)
+		return sovmesh_fail(err, -EINVAL,
+		                    "http server: TLS needs credentials and a pin callback");
+	if (srv->listening || srv->listener_open || srv->closing)
+		return http_server_listen_tcp(srv, host, port, err); /* says why not */
+	srv->tls = true;
+	srv->tls_cfg = *cfg;
+	int r = http_server_listen_tcp(srv, host, port, err);
+	if (r < 0)
+		srv->tls = false;
+	return r;
+}
+
+size_t http_server_drop_peer(http_server *srv, const uint8_t fp[TLS_STREAM_FP_LEN])
+{
+	size_t n = 0;
+	for (http_conn *c = srv->conns; c; c = c->next) {
+		if (!c->tls || c->state == CONN_CLOSING || c->revoked)
+			continue;
+		const uint8_t *cfp = tls_stream_peer_fingerprint(c->tls);
+		if (!cfp || memcmp(cfp, fp, TLS_STREAM_FP_LEN) != 0)
+			continue;
+		/* Nothing more is read from or written to it from now on. */
+		c->revoked = true;
+		c->discard_input = true;
+		conn_stop_reading(c);
+		conn_close_soon(c);
+		n++;
+	}
+	return n;
+}
+
 int http_server_port(const http_server *srv)
 {
 	return srv && !srv->is_unix && srv->listening ? srv->port : -1;
@@ -1181,7 +1302,7 @@ size_t http_server_connection_count(const http_server *srv)
 {
 	size_t n = 0;
 	for (const http_conn *c = srv->conns; c; c = c->next)
-		if (c->state != CONN_CLOSING)
+		if (c->state != CONN_CLOSING && !c->revoked)
 			n++;
 	return n;
 }

@@ -3,7 +3,8 @@
  * (a unix socket or TCP host:port), keep-alive, pipelined requests
  * answered in order, size limits, and responses that handlers complete
  * at once, later, or as a chunked stream.  Used for the control socket,
- * the Ollama-compatible front door and the Network page.
+ * the Ollama-compatible front door, the Network page, and (with mutual
+ * TLS, http_server_listen_tls) the peer port.
  *
  * Threading: everything runs on the loop's thread.
  *
@@ -36,6 +37,8 @@
 #include <uv.h>
 #include <sovmesh/plugin.h>
 
+#include "tls_stream.h"
+
 typedef struct http_server http_server;
 typedef struct http_response http_response;
 
@@ -64,6 +67,9 @@ typedef struct http_request {
 	gid_t gid;
 	/* TCP: "127.0.0.1:5555" / "[::1]:5555"; unix sockets: "unix". */
 	const char *peer_addr;
+	/* TLS listeners (http_server_listen_tls): the pinned fingerprint of
+	 * the client's certificate, 64 lowercase hex; NULL without TLS. */
+	const char *peer_fingerprint;
 } http_request;
 
 /*
@@ -118,6 +124,37 @@ int http_server_listen_unix(http_server *srv, const char *path, sovmesh_error *e
  * as for http_server_listen_unix() (-EADDRINUSE when the port is taken).
  */
 int http_server_listen_tcp(http_server *srv, const char *host, int port, sovmesh_error *err);
+
+/* Mutual TLS for http_server_listen_tls() (see tls_stream.h). */
+typedef struct http_tls_config {
+	/* Our certificate and key; not owned, must outlive the server. */
+	gnutls_certificate_credentials_t creds;
+	/* Accept a client certificate with this fingerprint?  Runs inside
+	 * each handshake; a refused client never has a byte of HTTP read. */
+	tls_pin_fn pin_ok;
+	void *pin_ud;
+	const char *priority; /* tests only; NULL: TLS_STREAM_PRIORITY */
+} http_tls_config;
+
+/*
+ * As http_server_listen_tcp(), but every connection is a TLS 1.3 session
+ * (tls_stream.c) that requires the client's certificate and the pin
+ * callback's consent during the handshake; requests carry the client's
+ * fingerprint in http_request.peer_fingerprint.  `cfg` is copied (the
+ * credentials are not).  Handshake failures are logged and closed; they
+ * never reach the handler.
+ */
+int http_server_listen_tls(http_server *srv, const char *host, int port, const http_tls_config *cfg,
+                           sovmesh_error *err);
+
+/*
+ * Revocation: stop reading and writing at once on every TLS connection
+ * whose client presented fingerprint `fp`, and close them on the next
+ * loop turn (pending responses get their cancel callback then, never from
+ * inside this call, so a handler may call this).  Returns how many
+ * connections were dropped.
+ */
+size_t http_server_drop_peer(http_server *srv, const uint8_t fp[TLS_STREAM_FP_LEN]);
 
 /* The bound TCP port, or -1 when not listening on TCP. */
 int http_server_port(const http_server *srv);
