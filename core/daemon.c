@@ -13,9 +13,14 @@
 #include "build_config.h"
 #include "config.h"
 #include "control_api.h"
+#include "control_trust.h"
 #include "host.h"
 #include "http_server.h"
+#include "identity.h"
 #include "log.h"
+#include "peer_client.h"
+#include "peer_transport.h"
+#include "trust_store.h"
 #include "plugin_loader.h"
 #include "plugin_settings.h"
 
@@ -40,6 +45,11 @@ typedef struct daemon_state {
 	size_t n_plugins;
 	http_server *control_server;
 	control_api *control;
+	identity *id;
+	trust_store *trust;
+	peer_transport *peer_port;
+	peer_client *peers;
+	control_trust *control_trust;
 	uv_signal_t sig_int, sig_term, sig_hup;
 	uint64_t started_ms;
 	int stopping;
@@ -271,6 +281,18 @@ static void on_control_closed(void *ud)
 	d->control_server = NULL;
 }
 
+/* Stop the peer port and the peer client; their handles close on the
+ * loop, after which identity and trust store may be freed. */
+static void close_peer_network(daemon_state *d)
+{
+	if (d->peer_port)
+		peer_transport_close(d->peer_port, NULL, NULL);
+	d->peer_port = NULL;
+	if (d->peers)
+		peer_client_free(d->peers, NULL, NULL);
+	d->peers = NULL;
+}
+
 static void begin_shutdown(daemon_state *d, const char *why)
 {
 	if (d->stopping)
@@ -283,6 +305,7 @@ static void begin_shutdown(daemon_state *d, const char *why)
 	}
 	if (d->control_server)
 		http_server_close(d->control_server, on_control_closed, d);
+	close_peer_network(d);
 	uv_close((uv_handle_t *)&d->sig_int, NULL);
 	uv_close((uv_handle_t *)&d->sig_term, NULL);
 	uv_close((uv_handle_t *)&d->sig_hup, NULL);
@@ -328,6 +351,12 @@ static void reload(daemon_state *d)
 	              cur->max_concurrent_peer_requests != next->max_concurrent_peer_requests);
 	report_change("mesh.request_timeout_secs",
 	              cur->request_timeout_secs != next->request_timeout_secs);
+	report_change("mesh.peer_listen", str_changed(cur->peer_listen, next->peer_listen));
+	report_change("pairing.listen", str_changed(cur->pairing_listen, next->pairing_listen));
+	report_change("pairing.code_ttl_secs",
+	              cur->pairing_code_ttl_secs != next->pairing_code_ttl_secs);
+	report_change("pairing.max_attempts",
+	              cur->pairing_max_attempts != next->pairing_max_attempts);
 	report_change("federated_learning.enabled", cur->fl_enabled != next->fl_enabled);
 	report_change("federated_learning.sync_after_n_samples",
 	              cur->sync_after_n_samples != next->sync_after_n_samples);
@@ -391,6 +420,7 @@ static int start_control(daemon_state *d, sovmesh_error *err)
 	if (control_api_route(d->control, "GET", "/v1/status", handle_status, d) < 0 ||
 	    control_api_route(d->control, "GET", "/v1/plugins", handle_plugins, d) < 0)
 		return sovmesh_fail(err, -ENOMEM, "out of memory");
+
 	http_server_options o = {
 	    .handler = control_api_http_handler,
 	    .handler_ud = d->control,
@@ -400,6 +430,42 @@ static int start_control(daemon_state *d, sovmesh_error *err)
 	if (r < 0)
 		return sovmesh_fail(err, r, "cannot create the control server: %s", strerror(-r));
 	return http_server_listen_unix(d->control_server, d->cfg->control_socket, err);
+}
+
+/* Identity, trust store, peer client and the mutual-TLS peer port. */
+static int start_peer_network(daemon_state *d, sovmesh_error *err)
+{
+	int r = identity_load_or_create(d->cfg->state_dir, d->cfg->node_name, &d->id, err);
+	if (r < 0)
+		return r;
+	r = trust_store_open(d->cfg->state_dir, &d->trust, err);
+	if (r < 0)
+		return r;
+	r = peer_client_new(&d->loop, d->id, d->trust, &d->peers);
+	if (r < 0)
+		return sovmesh_fail(err, r, "cannot create the peer client: %s", strerror(-r));
+	peer_transport_options o = {
+	    .listen = d->cfg->peer_listen,
+	    .on_trust_change = peer_client_trust_changed,
+	    .on_trust_change_ud = d->peers,
+	};
+	r = peer_transport_new(&d->loop, d->id, d->trust, &o, &d->peer_port, err);
+	if (r < 0)
+		return r;
+	control_trust_ctx tctx = {
+	    .id = d->id,
+	    .ts = d->trust,
+	    .pc = d->peers,
+	    .peer_port = peer_transport_port(d->peer_port),
+	};
+	r = control_trust_new(d->control, &tctx, &d->control_trust);
+	if (r < 0)
+		return sovmesh_fail(err, r, "cannot register the trust endpoints: %s",
+		                    strerror(-r));
+	log_info("node '%s' fingerprint %s (%s); %zu paired peer%s", d->id->node_name,
+	         d->id->fingerprint_hex, d->id->short_fp, trust_store_count(d->trust),
+	         trust_store_count(d->trust) == 1 ? "" : "s");
+	return 0;
 }
 
 static int start_signals(daemon_state *d)
@@ -500,7 +566,9 @@ int daemon_run(const daemon_options *opts)
 	}
 	n_loaded = 0;
 
-	if (start_control(&d, &err) < 0) {
+	/* The control socket first: a second daemon on the same state
+	 * directory is refused there with a clear message. */
+	if (start_control(&d, &err) < 0 || start_peer_network(&d, &err) < 0) {
 		log_error("%s", err.message);
 		goto out_runtime;
 	}
@@ -523,8 +591,10 @@ out_runtime:
 		d.control = NULL;
 		if (d.control_server)
 			http_server_close(d.control_server, on_control_closed, &d);
+		close_peer_network(&d);
 		uv_run(&d.loop, UV_RUN_DEFAULT);
 	}
+	control_trust_free(d.control_trust);
 	free_plugins(&d);
 	host_runtime_free(d.rt);
 out_plugins:
@@ -543,6 +613,8 @@ out_plugins:
 		}
 	}
 out:
+	trust_store_free(d.trust);
+	identity_free(d.id);
 	config_free(d.cfg);
 	return rc;
 }

@@ -21,6 +21,16 @@ static const char usage_text[] =
     "Commands answered by the running daemon:\n"
     "  status                 the daemon's state\n"
     "  plugins                loaded plugins with their versions and settings\n"
+    "  id                     this node's name and fingerprint\n"
+    "  peers                  paired peers\n"
+    "  peers remove PEER      revoke a peer (name, fingerprint or its prefix)\n"
+    "  peers ping PEER        reach a paired peer over the mutual-TLS peer port\n"
+    "  pair code [--qr] [--png FILE] [--no-wait]\n"
+    "                         offer a one-time pairing code (and QR code)\n"
+    "  pair join CODE --addr HOST:PORT\n"
+    "                         pair with the device that shows CODE\n"
+    "  pair uri URI           pair from a sovmesh://pair?... link\n"
+    "  pair scan IMAGE        pair from a photo or screenshot of the QR code\n"
     "\n"
     "Offline research tools (no daemon needed):\n"
     "  fl aggregate --method NAME [--param K=V ...] --out OUT IN[:WEIGHT] ...\n"
@@ -151,6 +161,12 @@ int main(int argc, char **argv)
 		return cmd_status(&c);
 	if (strcmp(cmd, "plugins") == 0)
 		return cmd_plugins(&c);
+	if (strcmp(cmd, "id") == 0)
+		return cli_cmd_id(&c, sub_argc, sub_argv);
+	if (strcmp(cmd, "peers") == 0)
+		return cli_cmd_peers(&c, sub_argc, sub_argv);
+	if (strcmp(cmd, "pair") == 0)
+		return cli_cmd_pair(&c, sub_argc, sub_argv);
 	if (strcmp(cmd, "fl") == 0)
 		return cli_cmd_fl(&c, sub_argc, sub_argv);
 	if (strcmp(cmd, "help") == 0) {

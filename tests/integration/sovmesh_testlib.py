@@ -40,6 +40,11 @@ def run(args, env=None, timeout=60, check=False):
 def write_config(path, state_dir, extra="", fl=True, plugin_path=None):
     """Write a config with its own state dir; `extra` is appended verbatim."""
     plugin_path = plugin_path or []
+    # Loopback, any free port: tests never collide or leave the machine.
+    # (A test that brings its own mesh group sets peer_listen itself if it
+    # starts a daemon with that file.)
+    if "mesh = {" not in extra:
+        extra = 'mesh = { peer_listen = "127.0.0.1:0"; };\n' + extra
     text = """
 node = {
   name = "test-node";
@@ -47,6 +52,7 @@ node = {
   log_level = "info";
   plugin_path = [%s];
 };
+pairing = { listen = "127.0.0.1:0"; };
 federated_learning = {
   enabled = %s;
 };

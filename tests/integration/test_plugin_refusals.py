@@ -34,6 +34,7 @@ class PluginRefusalTest(DaemonTestCase):
         path = os.path.join(self.dir, "%s.conf" % method)
         with open(path, "w") as f:
             f.write('node = { state_dir = "%s"; plugin_path = ["%s"]; };\n'
+                    'mesh = { peer_listen = "127.0.0.1:0"; };\n'
                     'federated_learning = { aggregation_method = "%s"; };\n%s'
                     % (os.path.join(self.dir, "state"), TEST_PLUGIN_DIR, method, extra))
         return path
