@@ -94,7 +94,7 @@ static const key_def schema[] = {
 
     {"pairing",                                 KT_GROUP,       NULL,      0, 0, 0, 0,           CHECK_NONE,        NULL,        NO_FIELD, 0},
     {"pairing.listen",                          KT_STRING,      "0.0.0.0:47471", 0, 0, 0, 0,     CHECK_LISTEN_ADDR, NULL,        FIELD(pairing_listen), 0},
-    {"pairing.code_ttl_secs",                   KT_INT,         "600",     1, 0, 30, 86400,      CHECK_NONE,        NULL,        FIELD(pairing_code_ttl_secs), 0},
+    {"pairing.code_ttl_secs",                   KT_INT,         "600",     1, 0, 1, 86400,       CHECK_NONE,        NULL,        FIELD(pairing_code_ttl_secs), 0},
     {"pairing.max_attempts",                    KT_INT,         "5",       1, 0, 1, 20,          CHECK_NONE,        NULL,        FIELD(pairing_max_attempts), 0},
 
     {"federated_learning",                      KT_GROUP,       NULL,      0, 0, 0, 0,           CHECK_NONE,        NULL,        NO_FIELD, 0},

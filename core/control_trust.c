@@ -114,7 +114,7 @@ typedef struct ping_call {
 	size_t len;
 	uint64_t started_ns;
 	json_t *peer; /* control_trust_peer_json of the target */
-	char address[HOSTPORT_HOST_MAX + 8];
+	char address[HOSTPORT_TEXT_MAX];
 } ping_call;
 
 static void ping_free(ping_call *pc)

@@ -13,6 +13,7 @@
 #include "build_config.h"
 #include "config.h"
 #include "control_api.h"
+#include "control_pairing.h"
 #include "control_trust.h"
 #include "host.h"
 #include "http_server.h"
@@ -50,6 +51,7 @@ typedef struct daemon_state {
 	peer_transport *peer_port;
 	peer_client *peers;
 	control_trust *control_trust;
+	control_pairing *control_pairing;
 	uv_signal_t sig_int, sig_term, sig_hup;
 	uint64_t started_ms;
 	int stopping;
@@ -291,6 +293,7 @@ static void close_peer_network(daemon_state *d)
 	if (d->peers)
 		peer_client_free(d->peers, NULL, NULL);
 	d->peers = NULL;
+	control_pairing_stop(d->control_pairing);
 }
 
 static void begin_shutdown(daemon_state *d, const char *why)
@@ -462,6 +465,18 @@ static int start_peer_network(daemon_state *d, sovmesh_error *err)
 	if (r < 0)
 		return sovmesh_fail(err, r, "cannot register the trust endpoints: %s",
 		                    strerror(-r));
+	control_pairing_ctx pctx = {
+	    .id = d->id,
+	    .ts = d->trust,
+	    .pairing_listen = d->cfg->pairing_listen,
+	    .peer_listen = d->cfg->peer_listen,
+	    .peer_port = peer_transport_port(d->peer_port),
+	    .code_ttl_secs = (unsigned)d->cfg->pairing_code_ttl_secs,
+	    .max_attempts = (unsigned)d->cfg->pairing_max_attempts,
+	};
+	r = control_pairing_new(&d->loop, d->control, &pctx, &d->control_pairing, err);
+	if (r < 0)
+		return r;
 	log_info("node '%s' fingerprint %s (%s); %zu paired peer%s", d->id->node_name,
 	         d->id->fingerprint_hex, d->id->short_fp, trust_store_count(d->trust),
 	         trust_store_count(d->trust) == 1 ? "" : "s");
@@ -595,6 +610,7 @@ out_runtime:
 		uv_run(&d.loop, UV_RUN_DEFAULT);
 	}
 	control_trust_free(d.control_trust);
+	control_pairing_free(d.control_pairing);
 	free_plugins(&d);
 	host_runtime_free(d.rt);
 out_plugins:

@@ -2,6 +2,8 @@
 #include "hostport.h"
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,4 +83,38 @@ void hostport_format(const hostport *hp, char *buf, size_t len)
 		snprintf(buf, len, "[%s]:%u", hp->host, (unsigned)hp->port);
 	else
 		snprintf(buf, len, "%s:%u", hp->host, (unsigned)hp->port);
+}
+
+size_t hostport_reachable(const char *listen_host, uint16_t port, char (*out)[HOSTPORT_TEXT_MAX],
+                          size_t max)
+{
+	size_t n = 0;
+	if (max == 0)
+		return 0;
+	int wildcard = strcmp(listen_host, "0.0.0.0") == 0 || strcmp(listen_host, "::") == 0;
+	if (!wildcard) {
+		hostport hp = {.port = port,
+		               .family = strchr(listen_host, ':') ? AF_INET6 : AF_INET};
+		snprintf(hp.host, sizeof(hp.host), "%s", listen_host);
+		hostport_format(&hp, out[0], HOSTPORT_TEXT_MAX);
+		return 1;
+	}
+	struct ifaddrs *ifs = NULL;
+	if (getifaddrs(&ifs) == 0) {
+		for (struct ifaddrs *i = ifs; i && n < max; i = i->ifa_next) {
+			if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET)
+				continue;
+			if (!(i->ifa_flags & IFF_UP) || (i->ifa_flags & IFF_LOOPBACK))
+				continue;
+			hostport hp = {.port = port, .family = AF_INET};
+			const struct sockaddr_in *sin = (const struct sockaddr_in *)i->ifa_addr;
+			if (!inet_ntop(AF_INET, &sin->sin_addr, hp.host, sizeof(hp.host)))
+				continue;
+			hostport_format(&hp, out[n++], HOSTPORT_TEXT_MAX);
+		}
+		freeifaddrs(ifs);
+	}
+	if (n == 0)
+		snprintf(out[n++], HOSTPORT_TEXT_MAX, "127.0.0.1:%u", (unsigned)port);
+	return n;
 }

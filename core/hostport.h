@@ -12,6 +12,8 @@
 
 /* Room for the longest host: an IPv6 literal with a zone id. */
 #define HOSTPORT_HOST_MAX 64
+/* Room for a formatted "[host]:port" and its NUL. */
+#define HOSTPORT_TEXT_MAX (HOSTPORT_HOST_MAX + 9)
 
 typedef struct hostport {
 	char host[HOSTPORT_HOST_MAX]; /* without brackets */
@@ -26,7 +28,17 @@ typedef struct hostport {
  */
 int hostport_parse(const char *text, int allow_port0, hostport *out, const char **why);
 
-/* Format back as "1.2.3.4:5" or "[::1]:5".  buf of at least HOSTPORT_HOST_MAX + 9. */
+/* Format back as "1.2.3.4:5" or "[::1]:5".  buf of HOSTPORT_TEXT_MAX bytes. */
 void hostport_format(const hostport *hp, char *buf, size_t len);
+
+/*
+ * The addresses other devices can reach a listener on: `listen_host` itself
+ * unless it is a wildcard (0.0.0.0 / ::), else every up, non-loopback IPv4
+ * address of this machine (falling back to 127.0.0.1 when there is none),
+ * each with `port`.  Writes at most `max` entries into out[]; returns how
+ * many.
+ */
+size_t hostport_reachable(const char *listen_host, uint16_t port, char (*out)[HOSTPORT_TEXT_MAX],
+                          size_t max);
 
 #endif
