@@ -415,6 +415,23 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- start-up ---- */
 
+/*
+ * The socket is 0600 in a 0700 directory already; checking the caller's
+ * uid as well keeps control owner-only even if someone loosens the
+ * modes (DESIGN.md §6.6).
+ */
+static void control_socket_handler(void *ud, const http_request *req, http_response *resp)
+{
+	daemon_state *d = ud;
+	if (!req->has_cred || (req->uid != geteuid() && req->uid != 0)) {
+		log_warning("control socket: refused a request from uid %u",
+		            req->has_cred ? (unsigned)req->uid : (unsigned)-1);
+		http_response_send_error(resp, 403, "only the daemon's user may control it");
+		return;
+	}
+	control_api_http_handler(d->control, req, resp);
+}
+
 static int start_control(daemon_state *d, sovmesh_error *err)
 {
 	int r = control_api_new(NULL, &d->control);
@@ -425,8 +442,8 @@ static int start_control(daemon_state *d, sovmesh_error *err)
 		return sovmesh_fail(err, -ENOMEM, "out of memory");
 
 	http_server_options o = {
-	    .handler = control_api_http_handler,
-	    .handler_ud = d->control,
+	    .handler = control_socket_handler,
+	    .handler_ud = d,
 	    .name = "control",
 	};
 	r = http_server_new(&d->loop, &o, &d->control_server);

@@ -141,6 +141,7 @@ class DaemonTest(DaemonTestCase):
     def test_stale_socket_replaced_and_state_dir_tightened(self):
         conf, state, sock = self.configured()
         os.makedirs(state, mode=0o755)
+        os.chmod(self.dir, 0o755)
         os.chmod(state, 0o755)
         s = socket.socket(socket.AF_UNIX)
         s.bind(sock)  # bound but never listening: a stale socket file
@@ -149,6 +150,34 @@ class DaemonTest(DaemonTestCase):
         d.wait_for_socket(sock)
         self.assertEqual(stat.S_IMODE(os.stat(state).st_mode), 0o700)
         self.assertIn("setting 0700", d.log())
+        self.assertEqual(self.cli(sock, "status").returncode, 0)
+        self.assertEqual(d.stop(), 0, d.log())
+
+    def test_control_socket_refuses_other_users(self):
+        conf, state, sock = self.configured()
+        d = self.start(["-c", conf])
+        d.wait_for_socket(sock)
+        # Loosen the modes by hand: the uid check must still refuse.
+        os.chmod(self.dir, 0o755)
+        os.chmod(state, 0o755)
+        os.chmod(sock, 0o666)
+        if os.geteuid() != 0:
+            self.skipTest("needs root to act as another user")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(sock)
+                s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = s.recv(4096)
+                os._exit(0 if data.startswith(b"HTTP/1.1 403") else 1)
+            except Exception:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.WEXITSTATUS(status), 0, d.log())
+        self.assertIn("refused a request from uid 65534", d.log())
         self.assertEqual(self.cli(sock, "status").returncode, 0)
         self.assertEqual(d.stop(), 0, d.log())
 
