@@ -229,6 +229,31 @@ class TrustTest(DaemonTestCase):
         self.assertIn("fingerprint", r.stderr)
         self.assertEqual(d.peers(), {})
 
+    def test_qr_svg_from_control_api(self):
+        a = self.node("alpha", "127.0.0.2")
+        status, ctype, body = self._control_get(a, "/v1/pair/qr.svg")
+        self.assertEqual(status, 404)
+        a.offer()
+        status, ctype, body = self._control_get(a, "/v1/pair/qr.svg")
+        self.assertEqual(status, 200)
+        self.assertEqual(ctype, "image/svg+xml")
+        self.assertTrue(body.startswith(b"<svg"), body[:40])
+        self.assertIn(b"<path", body)
+
+    def _control_get(self, node, path):
+        import http.client
+
+        class UnixConnection(http.client.HTTPConnection):
+            def connect(self):
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(node.sock)
+        conn = UnixConnection("localhost", timeout=30)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        return resp.status, resp.getheader("Content-Type"), body
+
     def test_malformed_pairing_input(self):
         a = self.node("alpha", "127.0.0.2")
         bad = [
