@@ -190,15 +190,44 @@ static void handle_qr_svg(void *ud, const control_request *req, http_response *r
 
 /* ---- join ---- */
 
+/* One join request: a URI may name several addresses of the issuer. */
+typedef struct join_req {
+	control_pairing *cp;
+	http_response *resp;
+	pair_uri uri; /* n_addrs == 0 for a code + addr join */
+	size_t next;  /* next address of uri.addrs to try */
+} join_req;
+
+static void join_done(void *ud, int status, const pair_hello *peer, const char *message);
+
+static int join_start(join_req *jr, const char *code, const char *addr, const char *fp,
+                      sovmesh_error *err)
+{
+	return pairing_join(jr->cp->engine, code, addr, fp, join_done, jr, err);
+}
+
 static void join_done(void *ud, int status, const pair_hello *peer, const char *message)
 {
-	http_response *resp = ud;
+	join_req *jr = ud;
 	if (status == 0) {
 		/* "Both instances confirm the pairing": the joiner's side. */
 		log_notice("paired with %s (%s): both devices now trust each other", peer->name,
 		           peer->short_fp);
-		control_api_reply(resp, 200, json_pack("{s:o}", "peer", hello_json(peer)));
+		control_api_reply(jr->resp, 200, json_pack("{s:o}", "peer", hello_json(peer)));
+		free(jr);
 		return;
+	}
+	/* Another address of the same issuer is worth a try only when nothing
+	 * answered at this one: a refused code was a counted attempt. */
+	sovmesh_error err = {0};
+	if ((status == -ECONNREFUSED || status == -ETIMEDOUT || status == -EHOSTUNREACH ||
+	     status == -ENETUNREACH) &&
+	    jr->next < jr->uri.n_addrs) {
+		const char *addr = jr->uri.addrs[jr->next++];
+		log_info("pairing: %s; trying %s", message, addr);
+		if (join_start(jr, jr->uri.code, addr, jr->uri.fingerprint_hex, &err) == 0)
+			return;
+		message = err.message;
 	}
 	int http = 502;
 	if (status == -EACCES || status == -EPERM)
@@ -208,7 +237,8 @@ static void join_done(void *ud, int status, const pair_hello *peer, const char *
 	else if (status == -EINVAL)
 		http = 400;
 	log_warning("pairing as joiner failed: %s", message);
-	control_api_reply_error(resp, http, "%s", message);
+	control_api_reply_error(jr->resp, http, "%s", message);
+	free(jr);
 }
 
 static void handle_join(void *ud, const control_request *req, http_response *resp)
@@ -218,25 +248,36 @@ static void handle_join(void *ud, const control_request *req, http_response *res
 	const char *code = json_string_value(json_object_get(body, "code"));
 	const char *addr = json_string_value(json_object_get(body, "addr"));
 	const char *uri = json_string_value(json_object_get(body, "uri"));
-	const char *fp = NULL;
-	pair_uri u;
 	sovmesh_error err = {0};
-	if (uri) {
-		if (pair_uri_parse(uri, &u, &err) < 0) {
-			control_api_reply_error(resp, 400, "%s", err.message);
-			return;
-		}
-		code = u.code;
-		addr = u.addrs[0];
-		fp = u.fingerprint_hex;
-	} else if (!code || !addr) {
-		control_api_reply_error(resp, 400, "give {\"code\", \"addr\"} or {\"uri\"}");
+	join_req *jr = calloc(1, sizeof(*jr));
+	if (!jr) {
+		control_api_reply_error(resp, 500, "out of memory");
 		return;
 	}
-	/* The response is completed by join_done whatever happens; if the
+	jr->cp = cp;
+	jr->resp = resp;
+	int r;
+	if (uri) {
+		if (pair_uri_parse(uri, &jr->uri, &err) < 0) {
+			control_api_reply_error(resp, 400, "%s", err.message);
+			free(jr);
+			return;
+		}
+		jr->next = 1;
+		r = join_start(jr, jr->uri.code, jr->uri.addrs[0], jr->uri.fingerprint_hex, &err);
+	} else if (!code || !addr) {
+		control_api_reply_error(resp, 400, "give {\"code\", \"addr\"} or {\"uri\"}");
+		free(jr);
+		return;
+	} else {
+		r = join_start(jr, code, addr, NULL, &err);
+	}
+	/* From here join_done completes the response whatever happens; if the
 	 * CLI goes away meanwhile, replying costs nothing. */
-	if (pairing_join(cp->engine, code, addr, fp, join_done, resp, &err) < 0)
+	if (r < 0) {
 		control_api_reply_error(resp, 400, "%s", err.message);
+		free(jr);
+	}
 }
 
 int control_pairing_new(uv_loop_t *loop, control_api *api, const control_pairing_ctx *ctx,

@@ -229,6 +229,33 @@ class TrustTest(DaemonTestCase):
         self.assertIn("fingerprint", r.stderr)
         self.assertEqual(d.peers(), {})
 
+    def test_uri_tries_next_address_and_issuer_waits(self):
+        a = self.node("alpha", "127.0.0.2")
+        b = self.node("bravo", "127.0.0.3")
+        # The issuer's CLI waits and reports the pairing itself.
+        waiter = subprocess.Popen([SOVMESH, "--socket", a.sock, "pair", "code"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            code = None
+            while code is None:
+                line = waiter.stdout.readline()
+                self.assertTrue(line, "pair code ended early")
+                if line.startswith("Pairing code: "):
+                    code = line.split(": ", 1)[1].strip()
+            # A URI whose first address has nothing listening: the joiner
+            # moves on to the next one (a refused code would not).
+            uri = ("sovmesh://pair?v=1&name=alpha&fp=%s&code=%s&addr=127.0.0.1:9&addr=%s&port=%d"
+                   % (a.ident()["fingerprint"], code, a.pair_addr(), a.peer_port))
+            r = b.cli("pair", "uri", uri)
+            self.assertEqual(r.returncode, 0, r.stderr + b.daemon.log())
+            out, err = waiter.communicate(timeout=60)
+            self.assertEqual(waiter.returncode, 0, err)
+            self.assertIn("Paired with bravo (%s)" % b.ident()["short_fingerprint"], out)
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+                waiter.communicate()
+
     def test_qr_svg_from_control_api(self):
         a = self.node("alpha", "127.0.0.2")
         status, ctype, body = self._control_get(a, "/v1/pair/qr.svg")
