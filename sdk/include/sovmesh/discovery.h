@@ -23,6 +23,10 @@ typedef struct sovmesh_local_service {
 	const char *fingerprint; /* 64 lowercase hex chars */
 	uint16_t peer_port;      /* the mutual-TLS peer port */
 	uint32_t proto_version;  /* peer protocol version */
+	/* Appended (ABI 1.0 tables may end before it; check size): the
+	 * pairing listener's port while a pairing code is outstanding,
+	 * 0 = none.  Announced so `pair join CODE` finds the issuer. */
+	uint16_t pairing_port;
 } sovmesh_local_service;
 
 typedef enum sovmesh_peer_event {
@@ -43,6 +47,9 @@ typedef struct sovmesh_discovered_peer {
 	uint16_t port;
 	uint32_t proto_version; /* 0 if unknown */
 	uint32_t ifindex;       /* 0 if unknown; for IPv6 link-local */
+	/* Appended (check size): the peer's announced pairing listener port,
+	 * 0 = none announced. */
+	uint16_t pairing_port;
 } sovmesh_discovered_peer;
 
 /* Where a discovery plugin reports.  Loop thread only. */
