@@ -13,7 +13,7 @@
 
 static const char pair_usage[] =
     "Usage: sovmesh pair code [--qr] [--png FILE] [--no-wait]\n"
-    "       sovmesh pair join CODE --addr HOST:PORT\n"
+    "       sovmesh pair join CODE [--addr HOST:PORT]\n"
     "       sovmesh pair uri URI\n"
     "       sovmesh pair scan IMAGE\n"
     "\n"
@@ -27,7 +27,8 @@ static const char pair_usage[] =
     "  --qr         draw the QR code in the terminal\n"
     "  --png FILE   also write the QR code as a PNG image\n"
     "  --no-wait    print the code and return instead of waiting\n"
-    "  --addr       the first device's pairing address (shown by `pair code`)\n";
+    "  --addr       the first device's pairing address (shown by `pair code`);\n"
+    "               without it the device is found through discovery (mDNS)\n";
 
 /* Pairing (key exchange with SRP) can take a few seconds on a Pi. */
 #define PAIR_TIMEOUT_MS 60000
@@ -134,20 +135,49 @@ int cli_cmd_peers(const cli *c, int argc, char **argv)
 		json_decref(reply);
 		return 0;
 	}
-	printf("%-20s %-19s %-22s %-16s %s\n", "NAME", "FINGERPRINT", "ADDRESS", "PAIRED",
-	       "LAST SYNC");
+	printf("%-18s %-22s %-14s %-24s %-9s %s\n", "NAME", "ADDRESS", "STATUS", "MODELS",
+	       "LATENCY", "LAST SYNC");
 	size_t i;
 	json_t *p;
 	json_array_foreach(list, i, p)
 	{
-		char paired[32], synced[32];
-		format_time(p, "paired_at", paired, sizeof(paired));
+		char synced[32], latency[16] = "-", models[64] = "";
 		format_time(p, "last_sync", synced, sizeof(synced));
-		json_t *addrs = json_object_get(p, "addresses");
-		const char *addr =
-		    json_array_size(addrs) ? json_string_value(json_array_get(addrs, 0)) : "-";
-		printf("%-20s %-19s %-22s %-16s %s\n", cli_str(p, "name"),
-		       cli_str(p, "short_fingerprint"), addr ? addr : "-", paired, synced);
+		json_t *lat = json_object_get(p, "latency_ms");
+		if (json_is_number(lat))
+			snprintf(latency, sizeof(latency), "%.1f ms", json_number_value(lat));
+		size_t k;
+		json_t *m;
+		json_array_foreach(json_object_get(p, "models"), k, m)
+		{
+			size_t used = strlen(models);
+			snprintf(models + used, sizeof(models) - used, "%s%s", k ? "," : "",
+			         json_string_value(m));
+		}
+		const char *addr = json_string_value(json_object_get(p, "address"));
+		if (!addr) {
+			json_t *addrs = json_object_get(p, "addresses");
+			addr = json_string_value(json_array_get(addrs, 0));
+		}
+		int up = strcmp(cli_str(p, "status"), "connected") == 0;
+		/* The emoji take two columns but count as four bytes: pad by hand. */
+		printf("%-18s %-22s %s %-11s %-24s %-9s %s\n", cli_str(p, "name"),
+		       addr ? addr : "-", up ? "\xf0\x9f\x9f\xa2" : "\xf0\x9f\x94\xb4",
+		       up ? "Connected" : "Offline", models[0] ? models : "-", latency, synced);
+	}
+	json_t *disc = json_object_get(reply, "discovered");
+	if (json_array_size(disc) > 0) {
+		printf("\nDiscovered on the network, not paired:\n");
+		json_array_foreach(disc, i, p)
+		{
+			printf("  %-18s %-22s %s\n",
+			       json_is_string(json_object_get(p, "name")) ? cli_str(p, "name")
+			                                                  : "(unnamed)",
+			       cli_str(p, "address"),
+			       json_is_true(json_object_get(p, "pairing_open"))
+			           ? "pairing code offered"
+			           : "");
+		}
 	}
 	json_decref(reply);
 	return 0;

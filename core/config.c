@@ -45,13 +45,14 @@ enum key_type {
 /* Checks beyond type and numeric range. */
 enum key_check {
 	CHECK_NONE,
-	CHECK_LOG_LEVEL,   /* string -> int log level */
-	CHECK_PLUGIN_NAME, /* [a-z0-9][a-z0-9_]*; aux is the file prefix */
-	CHECK_ABS_PATH,    /* "" or absolute */
-	CHECK_ABS_PATHS,   /* every list element absolute */
-	CHECK_NODE_NAME,   /* "" or 1..63 bytes of UTF-8 without controls */
-	CHECK_SOCKET_PATH, /* "" or absolute and fits sockaddr_un */
-	CHECK_LISTEN_ADDR, /* numeric host:port, port 0 = any free port */
+	CHECK_LOG_LEVEL,    /* string -> int log level */
+	CHECK_PLUGIN_NAME,  /* [a-z0-9][a-z0-9_]*; aux is the file prefix */
+	CHECK_PLUGIN_NAMES, /* "" or comma-separated plugin names; aux as above */
+	CHECK_ABS_PATH,     /* "" or absolute */
+	CHECK_ABS_PATHS,    /* every list element absolute */
+	CHECK_NODE_NAME,    /* "" or 1..63 bytes of UTF-8 without controls */
+	CHECK_SOCKET_PATH,  /* "" or absolute and fits sockaddr_un */
+	CHECK_LISTEN_ADDR,  /* numeric host:port, port 0 = any free port */
 };
 
 #define NO_FIELD ((size_t)-1)
@@ -86,7 +87,8 @@ static const key_def schema[] = {
 
     {"mesh",                                    KT_GROUP,       NULL,      0, 0, 0, 0,           CHECK_NONE,        NULL,        NO_FIELD, 0},
     {"mesh.enabled",                            KT_BOOL,        "true",    0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(mesh_enabled), 0},
-    {"mesh.discovery",                          KT_STRING,      "mdns",    0, 0, 0, 0,           CHECK_PLUGIN_NAME, "discovery", FIELD(mesh_discovery), 0},
+    {"mesh.discovery",                          KT_STRING,      "mdns",    0, 0, 0, 0,           CHECK_PLUGIN_NAMES, "discovery", FIELD(mesh_discovery), 0},
+    {"mesh.health_interval_ms",                 KT_INT,         "3000",    1, 0, 100, 600000,    CHECK_NONE,        NULL,        FIELD(health_interval_ms), 0},
     {"mesh.serve_inference",                    KT_BOOL,        "true",    0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(serve_inference), 0},
     {"mesh.max_concurrent_peer_requests",       KT_INT,         "2",       1, 0, 0, 1024,        CHECK_NONE,        NULL,        FIELD(max_concurrent_peer_requests), 0},
     {"mesh.peer_listen",                        KT_STRING,      "0.0.0.0:47470", 0, 0, 0, 0,     CHECK_LISTEN_ADDR, NULL,        FIELD(peer_listen), 0},
@@ -377,6 +379,27 @@ static int check_string(const load_ctx *ctx, const key_def *k, const config_sett
 			    "and be at most %d characters (it names the file %s-NAME.so)",
 			    v, MAX_PLUGIN_NAME, k->aux);
 		return 0;
+	case CHECK_PLUGIN_NAMES: {
+		/* Several discovery plugins may run at once: "mdns, static". */
+		char buf[512];
+		snprintf(buf, sizeof(buf), "%s", v);
+		char *save = NULL;
+		for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+			while (*tok == ' ')
+				tok++;
+			size_t n = strlen(tok);
+			while (n > 0 && tok[n - 1] == ' ')
+				tok[--n] = '\0';
+			if (!is_plugin_name(tok))
+				return fail_at(
+				    ctx, s, k->path,
+				    "'%s' is not a plugin name: each comma-separated name "
+				    "must match [a-z0-9][a-z0-9_]* (it names the file "
+				    "%s-NAME.so)",
+				    tok, k->aux);
+		}
+		return 0;
+	}
 	case CHECK_ABS_PATH:
 		if (*v && *v != '/')
 			return fail_at(ctx, s, k->path, "must be an absolute path, got '%s'", v);

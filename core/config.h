@@ -29,7 +29,8 @@ typedef struct sovmesh_config {
 
 	/* mesh (DESIGN.md §5 seed keys) */
 	int mesh_enabled;
-	char *mesh_discovery;
+	char *mesh_discovery; /* comma-separated discovery plugin names, may be "" */
+	int64_t health_interval_ms;
 	int serve_inference;
 	int64_t max_concurrent_peer_requests;
 	int64_t request_timeout_secs;

@@ -99,6 +99,8 @@ static void on_pairing_event(void *ud, const pairing_event *ev)
 	}
 	free(cp->uri);
 	cp->uri = NULL;
+	if (cp->ctx.on_pairing_port)
+		cp->ctx.on_pairing_port(cp->ctx.ud, 0);
 }
 
 static int handle_code(void *ud, const control_request *req, json_t **reply, int *status)
@@ -143,6 +145,8 @@ static int handle_code(void *ud, const control_request *req, json_t **reply, int
 	                   (json_int_t)info.expires_at, "expires_in_secs",
 	                   (json_int_t)(left > 0 ? left : 0), "attempts_left",
 	                   (int)info.attempts_left, "uri", uri, "addresses", addrs);
+	if (cp->ctx.on_pairing_port)
+		cp->ctx.on_pairing_port(cp->ctx.ud, info.port);
 	log_notice("pairing code offered on %s, valid until %lld (a new code replaces it)",
 	           info.listen, (long long)info.expires_at);
 	*status = 200;
@@ -200,6 +204,12 @@ typedef struct join_req {
 
 static void join_done(void *ud, int status, const pair_hello *peer, const char *message);
 
+/* A URI pins the issuer's fingerprint; a code alone does not. */
+static const char *expected_fp(const join_req *jr)
+{
+	return jr->uri.fingerprint_hex[0] ? jr->uri.fingerprint_hex : NULL;
+}
+
 static int join_start(join_req *jr, const char *code, const char *addr, const char *fp,
                       sovmesh_error *err)
 {
@@ -225,7 +235,7 @@ static void join_done(void *ud, int status, const pair_hello *peer, const char *
 	    jr->next < jr->uri.n_addrs) {
 		const char *addr = jr->uri.addrs[jr->next++];
 		log_info("pairing: %s; trying %s", message, addr);
-		if (join_start(jr, jr->uri.code, addr, jr->uri.fingerprint_hex, &err) == 0)
+		if (join_start(jr, jr->uri.code, addr, expected_fp(jr), &err) == 0)
 			return;
 		message = err.message;
 	}
@@ -264,9 +274,34 @@ static void handle_join(void *ud, const control_request *req, http_response *res
 			return;
 		}
 		jr->next = 1;
-		r = join_start(jr, jr->uri.code, jr->uri.addrs[0], jr->uri.fingerprint_hex, &err);
-	} else if (!code || !addr) {
-		control_api_reply_error(resp, 400, "give {\"code\", \"addr\"} or {\"uri\"}");
+		r = join_start(jr, jr->uri.code, jr->uri.addrs[0], expected_fp(jr), &err);
+	} else if (code && !addr) {
+		/* No address: try the devices discovery saw with a pairing
+		 * listener open, in order (see join_done for when it moves on). */
+		char cand[PAIR_MAX_ADDRS][HOSTPORT_TEXT_MAX];
+		size_t n = cp->ctx.ptable
+		               ? peer_table_pairing_candidates(cp->ctx.ptable, cand, PAIR_MAX_ADDRS)
+		               : 0;
+		if (n == 0) {
+			control_api_reply_error(resp, 404,
+			                        "no device offering a pairing code was discovered; "
+			                        "give its address with --addr HOST:PORT");
+			free(jr);
+			return;
+		}
+		if (pair_code_normalize(code, jr->uri.code, &err) < 0) {
+			control_api_reply_error(resp, 400, "%s", err.message);
+			free(jr);
+			return;
+		}
+		_Static_assert(sizeof(cand[0]) == sizeof(jr->uri.addrs[0]), "address sizes");
+		for (size_t i = 0; i < n; i++)
+			memcpy(jr->uri.addrs[i], cand[i], sizeof(cand[i]));
+		jr->uri.n_addrs = n;
+		jr->next = 1;
+		r = join_start(jr, jr->uri.code, jr->uri.addrs[0], NULL, &err);
+	} else if (!code) {
+		control_api_reply_error(resp, 400, "give {\"code\"[, \"addr\"]} or {\"uri\"}");
 		free(jr);
 		return;
 	} else {

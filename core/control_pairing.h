@@ -6,7 +6,8 @@
  *   GET  /v1/pair/status   {state: none|waiting|paired|expired|burned|failed,
  *                           reason?, expires_in_secs?, attempts_left?, peer?}
  *   GET  /v1/pair/qr.svg   the outstanding offer's URI as an SVG QR code
- *   POST /v1/pair/join     {code, addr} or {uri}: pair with the issuer;
+ *   POST /v1/pair/join     {code, addr}, {code} (the issuer is found through
+ *                          discovery) or {uri}: pair with the issuer;
  *                          {peer: {name, fingerprint, short_fingerprint, addresses}}
  * Loop thread only.
  */
@@ -18,6 +19,7 @@
 #include "control_api.h"
 #include "identity.h"
 #include "pairing.h"
+#include "peer_table.h"
 #include "trust_store.h"
 
 typedef struct control_pairing control_pairing;
@@ -31,6 +33,13 @@ typedef struct control_pairing_ctx {
 	int peer_port;              /* the bound peer port */
 	unsigned code_ttl_secs;
 	unsigned max_attempts;
+	/* For `pair join CODE` without an address: devices announcing an open
+	 * pairing listener.  May be NULL. */
+	peer_table *ptable;
+	/* Called with the pairing listener's port when a code is offered and
+	 * with 0 when it is gone (discovery announces it).  May be NULL. */
+	void (*on_pairing_port)(void *ud, uint16_t port);
+	void *ud;
 } control_pairing_ctx;
 
 /* Create the pairing engine and register the endpoints on `api`.  *out is

@@ -45,14 +45,51 @@ static int handle_id(void *ud, const control_request *req, json_t **reply, int *
 	return 0;
 }
 
+/* Add the peer table's live view of `p` (status, latency, models, ...). */
+static void add_live_status(control_trust *ct, const trusted_peer *p, json_t *j)
+{
+	peer_info info;
+	if (!ct->ctx.ptable || peer_table_lookup(ct->ctx.ptable, p->fingerprint_hex, &info) < 0) {
+		json_object_set_new(j, "status", json_string("offline"));
+		return;
+	}
+	json_t *models = json_array();
+	for (size_t i = 0; i < info.n_models; i++)
+		json_array_append_new(models, json_string(info.models[i]));
+	json_object_set_new(j, "status",
+	                    json_string(info.status == PEER_CONNECTED ? "connected" : "offline"));
+	json_object_set_new(j, "address", info.address ? json_string(info.address) : json_null());
+	json_object_set_new(j, "latency_ms",
+	                    info.latency_ms >= 0 ? json_real(info.latency_ms) : json_null());
+	json_object_set_new(j, "models", models);
+	json_object_set_new(j, "load",
+	                    json_pack("{s:I, s:I}", "in_flight", (json_int_t)info.in_flight,
+	                              "capacity", (json_int_t)info.capacity));
+	json_object_set_new(j, "thermal",
+	                    json_pack("{s:b, s:o}", "hot", info.hot, "temp_c",
+	                              info.has_temp ? json_real(info.temp_c) : json_null()));
+	json_object_set_new(j, "last_seen", json_integer(info.last_seen));
+}
+
 static int handle_peers(void *ud, const control_request *req, json_t **reply, int *status)
 {
 	(void)req;
 	control_trust *ct = ud;
 	json_t *list = json_array();
-	for (size_t i = 0; i < trust_store_count(ct->ctx.ts); i++)
-		json_array_append_new(list, control_trust_peer_json(trust_store_at(ct->ctx.ts, i)));
-	*reply = json_pack("{s:o}", "peers", list);
+	for (size_t i = 0; i < trust_store_count(ct->ctx.ts); i++) {
+		const trusted_peer *p = trust_store_at(ct->ctx.ts, i);
+		json_t *j = control_trust_peer_json(p);
+		add_live_status(ct, p, j);
+		json_array_append_new(list, j);
+	}
+	json_t *discovered = NULL;
+	if (ct->ctx.ptable) {
+		json_t *view = peer_table_json(ct->ctx.ptable);
+		discovered = json_incref(json_object_get(view, "discovered"));
+		json_decref(view);
+	}
+	*reply = json_pack("{s:o, s:o}", "peers", list, "discovered",
+	                   discovered ? discovered : json_array());
 	*status = 200;
 	return 0;
 }

@@ -2,7 +2,8 @@
  * Control API endpoints for this node's identity and its trusted peers
  * (`sovmesh id`, `sovmesh peers ...`):
  *   GET  /v1/id              name, fingerprint (hex and short form), peer port
- *   GET  /v1/peers           paired peers
+ *   GET  /v1/peers           paired peers with live status, and discovered
+ *                            devices that are not paired
  *   POST /v1/peers/remove    {"peer": NAME|FINGERPRINT|PREFIX}: revoke at once
  *   POST /v1/peers/ping      {"peer": ...}: GET /peer/v1/hello over mutual TLS
  * Pairing endpoints live in control_pairing.c.  Loop thread only.
@@ -13,6 +14,7 @@
 #include "control_api.h"
 #include "identity.h"
 #include "peer_client.h"
+#include "peer_table.h"
 #include "trust_store.h"
 
 typedef struct control_trust control_trust;
@@ -22,7 +24,8 @@ typedef struct control_trust_ctx {
 	const identity *id;
 	trust_store *ts;
 	peer_client *pc;
-	int peer_port; /* the bound peer port, for `sovmesh id` */
+	peer_table *ptable; /* live status; may be NULL */
+	int peer_port;      /* the bound peer port, for `sovmesh id` */
 } control_trust_ctx;
 
 /* Register the endpoints on `api`.  *out is the caller's, freed with

@@ -2,6 +2,7 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,11 +16,14 @@
 #include "control_api.h"
 #include "control_pairing.h"
 #include "control_trust.h"
+#include "discovery_host.h"
 #include "host.h"
 #include "http_server.h"
 #include "identity.h"
 #include "log.h"
 #include "peer_client.h"
+#include "peer_health.h"
+#include "peer_table.h"
 #include "peer_transport.h"
 #include "trust_store.h"
 #include "plugin_loader.h"
@@ -28,11 +32,11 @@
 /* Plugins this build of the daemon uses.  The mesh plugins (discovery,
  * backend, cache) join this list as their subsystems land; until then
  * their config keys are validated but nothing loads them. */
-#define DAEMON_MAX_PLUGINS 8
+#define DAEMON_MAX_PLUGINS 16
 
 typedef struct plugin_choice {
 	uint32_t kind;
-	const char *name;
+	char name[80];
 	const char *config_key; /* for messages */
 } plugin_choice;
 
@@ -52,6 +56,9 @@ typedef struct daemon_state {
 	peer_client *peers;
 	control_trust *control_trust;
 	control_pairing *control_pairing;
+	peer_health *health;
+	peer_table *ptable;
+	discovery_host *disc;
 	uv_signal_t sig_int, sig_term, sig_hup;
 	uint64_t started_ms;
 	int stopping;
@@ -66,14 +73,33 @@ const char *daemon_config_path(const daemon_options *opts)
 	return NULL;
 }
 
+static void plan_add(plugin_choice *out, size_t *n, uint32_t kind, const char *name,
+                     const char *key)
+{
+	if (*n >= DAEMON_MAX_PLUGINS)
+		return;
+	out[*n].kind = kind;
+	snprintf(out[*n].name, sizeof(out[*n].name), "%s", name);
+	out[*n].config_key = key;
+	(*n)++;
+}
+
+/* Which plugins the config asks for; names were validated by config.c. */
 static size_t plan_plugins(const sovmesh_config *cfg, plugin_choice *out)
 {
 	size_t n = 0;
+	if (cfg->mesh_enabled) {
+		char buf[512];
+		snprintf(buf, sizeof(buf), "%s", cfg->mesh_discovery);
+		char *save = NULL;
+		for (char *t = strtok_r(buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
+			plan_add(out, &n, SOVMESH_KIND_DISCOVERY, t, "mesh.discovery");
+	}
 	if (cfg->fl_enabled) {
-		out[n++] = (plugin_choice){SOVMESH_KIND_AGGREGATOR, cfg->aggregation_method,
-		                           "federated_learning.aggregation_method"};
-		out[n++] = (plugin_choice){SOVMESH_KIND_NOISE, cfg->noise_mechanism,
-		                           "federated_learning.noise_mechanism"};
+		plan_add(out, &n, SOVMESH_KIND_AGGREGATOR, cfg->aggregation_method,
+		         "federated_learning.aggregation_method");
+		plan_add(out, &n, SOVMESH_KIND_NOISE, cfg->noise_mechanism,
+		         "federated_learning.noise_mechanism");
 	}
 	return n;
 }
@@ -285,10 +311,30 @@ static void on_control_closed(void *ud)
 
 /* Stop the peer port and the peer client; their handles close on the
  * loop, after which identity and trust store may be freed. */
+static void on_peer_port_closed(void *ud)
+{
+	daemon_state *d = ud;
+	peer_health_free(d->health);
+	d->health = NULL;
+}
+
 static void close_peer_network(daemon_state *d)
 {
+	/* Discovery first (it reports into the table), then the table (it
+	 * calls through the client), then the port and the client. */
+	discovery_host_free(d->disc);
+	d->disc = NULL;
+	if (d->ptable) {
+		peer_table *t = d->ptable;
+		d->ptable = NULL;
+		peer_table_free(t, NULL, NULL);
+	}
 	if (d->peer_port)
-		peer_transport_close(d->peer_port, NULL, NULL);
+		peer_transport_close(d->peer_port, on_peer_port_closed, d);
+	else if (d->health) {
+		peer_health_free(d->health);
+		d->health = NULL;
+	}
 	d->peer_port = NULL;
 	if (d->peers)
 		peer_client_free(d->peers, NULL, NULL);
@@ -452,6 +498,24 @@ static int start_control(daemon_state *d, sovmesh_error *err)
 	return http_server_listen_unix(d->control_server, d->cfg->control_socket, err);
 }
 
+/* The trust store has one change listener: fan it out. */
+static void on_trust_change(void *ud, const trusted_peer *p, int removed)
+{
+	daemon_state *d = ud;
+	if (d->peers)
+		peer_client_trust_changed(d->peers, p, removed);
+	if (d->ptable)
+		peer_table_trust_changed(d->ptable, p, removed);
+}
+
+/* Tell discovery (TXT pair=) whether a pairing code is outstanding. */
+static void on_pairing_port(void *ud, uint16_t port)
+{
+	daemon_state *d = ud;
+	if (d->disc)
+		discovery_host_set_pairing_port(d->disc, port);
+}
+
 /* Identity, trust store, peer client and the mutual-TLS peer port. */
 static int start_peer_network(daemon_state *d, sovmesh_error *err)
 {
@@ -466,16 +530,25 @@ static int start_peer_network(daemon_state *d, sovmesh_error *err)
 		return sovmesh_fail(err, r, "cannot create the peer client: %s", strerror(-r));
 	peer_transport_options o = {
 	    .listen = d->cfg->peer_listen,
-	    .on_trust_change = peer_client_trust_changed,
-	    .on_trust_change_ud = d->peers,
+	    .on_trust_change = on_trust_change,
+	    .on_trust_change_ud = d,
 	};
 	r = peer_transport_new(&d->loop, d->id, d->trust, &o, &d->peer_port, err);
 	if (r < 0)
 		return r;
+	r = peer_health_register(d->peer_port, d->id, d->cfg->max_concurrent_peer_requests, NULL,
+	                         &d->health);
+	if (r < 0)
+		return sovmesh_fail(err, r, "cannot serve health checks: %s", strerror(-r));
+	peer_table_options pto = {.interval_ms = (unsigned)d->cfg->health_interval_ms};
+	r = peer_table_new(&d->loop, d->trust, d->peers, d->id->fingerprint_hex, &pto, &d->ptable);
+	if (r < 0)
+		return sovmesh_fail(err, r, "cannot create the peer table: %s", strerror(-r));
 	control_trust_ctx tctx = {
 	    .id = d->id,
 	    .ts = d->trust,
 	    .pc = d->peers,
+	    .ptable = d->ptable,
 	    .peer_port = peer_transport_port(d->peer_port),
 	};
 	r = control_trust_new(d->control, &tctx, &d->control_trust);
@@ -490,6 +563,9 @@ static int start_peer_network(daemon_state *d, sovmesh_error *err)
 	    .peer_port = peer_transport_port(d->peer_port),
 	    .code_ttl_secs = (unsigned)d->cfg->pairing_code_ttl_secs,
 	    .max_attempts = (unsigned)d->cfg->pairing_max_attempts,
+	    .ptable = d->ptable,
+	    .on_pairing_port = on_pairing_port,
+	    .ud = d,
 	};
 	r = control_pairing_new(&d->loop, d->control, &pctx, &d->control_pairing, err);
 	if (r < 0)
@@ -498,6 +574,27 @@ static int start_peer_network(daemon_state *d, sovmesh_error *err)
 	         d->id->fingerprint_hex, d->id->short_fp, trust_store_count(d->trust),
 	         trust_store_count(d->trust) == 1 ? "" : "s");
 	return 0;
+}
+
+/* Run the discovery plugins among the created instances. */
+static int start_discovery(daemon_state *d, sovmesh_error *err)
+{
+	int r = discovery_host_new(d->rt, peer_table_discovery_event, d->ptable, &d->disc);
+	if (r < 0)
+		return sovmesh_fail(err, r, "cannot start discovery: %s", strerror(-r));
+	for (size_t i = 0; i < d->n_plugins; i++) {
+		if (d->plugins[i]->plugin->kind != SOVMESH_KIND_DISCOVERY)
+			continue;
+		r = discovery_host_add(d->disc, d->plugins[i], 0, err);
+		if (r < 0)
+			return r;
+	}
+	discovery_self self = {
+	    .node_name = d->id->node_name,
+	    .fingerprint = d->id->fingerprint_hex,
+	    .peer_port = (uint16_t)peer_transport_port(d->peer_port),
+	};
+	return discovery_host_start(d->disc, &self, err);
 }
 
 static int start_signals(daemon_state *d)
@@ -532,6 +629,9 @@ int daemon_run(const daemon_options *opts)
 
 	memset(&d, 0, sizeof(d));
 	d.opts = opts;
+	/* A peer that vanished makes a write fail with EPIPE; without this
+	 * the default SIGPIPE action would kill the daemon instead. */
+	signal(SIGPIPE, SIG_IGN);
 	d.config_path = daemon_config_path(opts);
 	if (opts->log_level >= 0)
 		log_set_level(opts->log_level);
@@ -600,7 +700,8 @@ int daemon_run(const daemon_options *opts)
 
 	/* The control socket first: a second daemon on the same state
 	 * directory is refused there with a clear message. */
-	if (start_control(&d, &err) < 0 || start_peer_network(&d, &err) < 0) {
+	if (start_control(&d, &err) < 0 || start_peer_network(&d, &err) < 0 ||
+	    start_discovery(&d, &err) < 0) {
 		log_error("%s", err.message);
 		goto out_runtime;
 	}

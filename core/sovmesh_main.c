@@ -27,7 +27,7 @@ static const char usage_text[] =
     "  peers ping PEER        reach a paired peer over the mutual-TLS peer port\n"
     "  pair code [--qr] [--png FILE] [--no-wait]\n"
     "                         offer a one-time pairing code (and QR code)\n"
-    "  pair join CODE --addr HOST:PORT\n"
+    "  pair join CODE [--addr HOST:PORT]\n"
     "                         pair with the device that shows CODE\n"
     "  pair uri URI           pair from a sovmesh://pair?... link\n"
     "  pair scan IMAGE        pair from a photo or screenshot of the QR code\n"

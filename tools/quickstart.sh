@@ -16,7 +16,7 @@ PACKAGES=(
   libuv1-dev libgnutls28-dev nettle-dev libconfig-dev libjansson-dev
   libcurl4-gnutls-dev libcmocka-dev node-llhttp
   libqrencode-dev libzbar-dev libpng-dev libjpeg-dev gnutls-bin curl
-  libavahi-client-dev avahi-daemon dbus iproute2
+  libavahi-client-dev avahi-daemon avahi-utils dbus iproute2 util-linux
 )
 
 as_root() {

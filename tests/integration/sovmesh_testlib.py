@@ -27,10 +27,16 @@ TEST_PLUGIN_DIR = os.path.join(BUILD_ROOT, "tests", "plugins")
 START_TIMEOUT = 30.0
 
 
+# Daemons started outside the multi-host harness must never announce on
+# the machine's real network: point avahi-client at a bus that is not there.
+NO_SYSTEM_BUS = {"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent/sovmesh-test-bus"}
+
+
 def run(args, env=None, timeout=60, check=False):
     """Run a command; return CompletedProcess with text stdout/stderr."""
     full_env = dict(os.environ)
     full_env.pop("SOVMESH_PLUGIN_PATH", None)
+    full_env.update(NO_SYSTEM_BUS)
     if env:
         full_env.update(env)
     return subprocess.run(args, env=full_env, capture_output=True, text=True,
@@ -71,6 +77,7 @@ class Daemon:
         self.args = args
         self.env = dict(os.environ)
         self.env.pop("SOVMESH_PLUGIN_PATH", None)
+        self.env.update(NO_SYSTEM_BUS)
         if env:
             self.env.update(env)
         self.log_path = log_path or tempfile.mktemp(prefix="sovmeshd-", suffix=".log")

@@ -20,7 +20,7 @@ class CheckConfigTest(DaemonTestCase):
     def test_valid_and_default(self):
         r = self.check(self.conf())
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("configuration OK (2 plugins checked)", r.stdout)
+        self.assertIn("configuration OK (3 plugins checked)", r.stdout)
         r = run([SOVMESHD, "--check-config"], env={"SOVMESH_STATE_DIR": self.dir})
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("<embedded default>: configuration OK", r.stdout)
@@ -84,8 +84,11 @@ class CheckConfigTest(DaemonTestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn(p, r.stderr)
 
-    def test_fl_disabled_loads_no_plugins(self):
+    def test_fl_disabled_loads_only_discovery(self):
         r = self.check(self.conf(fl=False))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("1 plugin checked", r.stdout)
+        r = self.check(self.conf('mesh = { discovery = ""; };', fl=False))
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("0 plugins checked", r.stdout)
 

@@ -321,6 +321,9 @@ class TrustTest(DaemonTestCase):
         self.assertNotEqual(r.returncode, 0)
         # ...and C refused A's certificate during the handshake.
         self.assertTrue(c.daemon.wait_for_log("refused", timeout=10), c.daemon.log())
+        # A survived writing to the vanished B's kept-alive connection
+        # (EPIPE, not a fatal SIGPIPE).
+        self.assertEqual(a.ident()["name"], "alpha")
 
         # A stranger with a fresh self-signed certificate gets no HTTP answer.
         self._stranger_refused(a)

@@ -30,6 +30,7 @@ static const char *const all_keys[] = {
     "mesh.max_concurrent_peer_requests",
     "mesh.request_timeout_secs",
     "mesh.peer_listen",
+    "mesh.health_interval_ms",
     "pairing.listen",
     "pairing.code_ttl_secs",
     "pairing.max_attempts",
@@ -423,10 +424,16 @@ static void test_string_checks(void **state)
 	             "t.conf:1: federated_learning.noise_mechanism: '../../tmp/x' is not a plugin "
 	             "name: it must match [a-z0-9][a-z0-9_]* and be at most 64 characters (it "
 	             "names the file dp-NAME.so)");
-	expect_error("mesh = { discovery = \"\"; };",
-	             "t.conf:1: mesh.discovery: '' is not a plugin name: it must match "
-	             "[a-z0-9][a-z0-9_]* and be at most 64 characters (it names the file "
-	             "discovery-NAME.so)");
+	/* mesh.discovery is a comma-separated list; "" runs no discovery. */
+	expect_error("mesh = { discovery = \"mdns, Bad\"; };",
+	             "t.conf:1: mesh.discovery: 'Bad' is not a plugin name: each comma-separated "
+	             "name must match [a-z0-9][a-z0-9_]* (it names the file discovery-NAME.so)");
+	sovmesh_config *lists = load_ok("mesh = { discovery = \"\"; };");
+	assert_string_equal(lists->mesh_discovery, "");
+	config_free(lists);
+	lists = load_ok("mesh = { discovery = \"mdns, static\"; };");
+	assert_string_equal(lists->mesh_discovery, "mdns, static");
+	config_free(lists);
 	expect_error("node = { state_dir = \"relative/dir\"; };",
 	             "t.conf:1: node.state_dir: must be an absolute path, got 'relative/dir'");
 	expect_error("node = { plugin_path = [\"/ok\", \"plugins\"]; };",
