@@ -334,11 +334,9 @@ int cli_cmd_pair(const cli *c, int argc, char **argv)
 		}
 		if (!code)
 			return cli_fail("pair join: give the code shown on the other device");
-		if (!addr)
-			return cli_fail(
-			    "pair join: --addr HOST:PORT is required (shown by `sovmesh "
-			    "pair code` on the other device)");
-		json_t *body = json_pack("{s:s, s:s}", "code", code, "addr", addr);
+		/* Without --addr the daemon finds the issuer through discovery. */
+		json_t *body = addr ? json_pack("{s:s, s:s}", "code", code, "addr", addr)
+		                    : json_pack("{s:s}", "code", code);
 		int rc = pair_join(c, body);
 		json_decref(body);
 		return rc;

@@ -59,6 +59,13 @@ typedef struct mdns_peer {
 	uint16_t port;
 	uint32_t ifindex;
 	mdns_txt txt;
+	/* To resolve again after a failed lookup (e.g. while the peer's
+	 * address changes): what the browser reported, and a backoff timer. */
+	AvahiIfIndex iface;
+	AvahiProtocol proto;
+	char *name, *type, *domain;
+	sovmesh_timer *resolve_timer;
+	unsigned resolve_delay_ms;
 } mdns_peer;
 
 struct mdns {
@@ -114,6 +121,11 @@ static void peer_free(mdns_peer *p)
 {
 	if (p->resolver)
 		avahi_service_resolver_free(p->resolver);
+	if (p->resolve_timer)
+		p->m->api->timer_stop(p->m->host, p->resolve_timer);
+	free(p->name);
+	free(p->type);
+	free(p->domain);
 	free(p->key);
 	free(p);
 }
@@ -230,6 +242,43 @@ static void reconcile(mdns *m)
 static void on_resolve(AvahiServiceResolver *r, AvahiIfIndex iface, AvahiProtocol proto,
                        AvahiResolverEvent event, const char *name, const char *type,
                        const char *domain, const char *host_name, const AvahiAddress *a,
+                       uint16_t port, AvahiStringList *txt, AvahiLookupResultFlags flags, void *ud);
+
+/* (Re)start the resolver of a tracked service. */
+static void start_resolver(mdns_peer *p)
+{
+	mdns *m = p->m;
+	if (p->resolver || !m->client || !p->name)
+		return;
+	p->resolver = avahi_service_resolver_new(m->client, p->iface, p->proto, p->name, p->type,
+	                                         p->domain, p->proto, 0, on_resolve, p);
+	if (!p->resolver)
+		LOG(m, SOVMESH_LOG_WARNING, "cannot resolve '%s': %s", p->key,
+		    avahi_strerror(avahi_client_errno(m->client)));
+}
+
+static void on_resolve_timer(void *ud)
+{
+	mdns_peer *p = ud;
+	p->m->api->timer_stop(p->m->host, p->resolve_timer);
+	p->resolve_timer = NULL;
+	start_resolver(p);
+}
+
+static void schedule_resolve(mdns_peer *p)
+{
+	if (p->resolve_timer)
+		return;
+	p->resolve_delay_ms = p->resolve_delay_ms ? p->resolve_delay_ms * 2 : 1000;
+	if (p->resolve_delay_ms > 30000)
+		p->resolve_delay_ms = 30000;
+	p->resolve_timer =
+	    p->m->api->timer_start(p->m->host, p->resolve_delay_ms, 0, on_resolve_timer, p);
+}
+
+static void on_resolve(AvahiServiceResolver *r, AvahiIfIndex iface, AvahiProtocol proto,
+                       AvahiResolverEvent event, const char *name, const char *type,
+                       const char *domain, const char *host_name, const AvahiAddress *a,
                        uint16_t port, AvahiStringList *txt, AvahiLookupResultFlags flags, void *ud)
 {
 	mdns_peer *p = ud;
@@ -239,13 +288,17 @@ static void on_resolve(AvahiServiceResolver *r, AvahiIfIndex iface, AvahiProtoco
 	if (event != AVAHI_RESOLVER_FOUND) {
 		LOG(m, SOVMESH_LOG_DEBUG, "cannot resolve '%s': %s", p->key,
 		    avahi_strerror(avahi_client_errno(avahi_service_resolver_get_client(r))));
-		/* Freeing a resolver in its callback is Avahi's own pattern;
-		 * refresh() or a reconnect makes a new one. */
+		/* Freeing a resolver in its callback is Avahi's own pattern.  The
+		 * browser still lists the service (it would have said goodbye),
+		 * so try again with backoff: a peer whose address is changing
+		 * answers a little later. */
 		avahi_service_resolver_free(r);
 		p->resolver = NULL;
 		peer_gone(m, p);
+		schedule_resolve(p);
 		return;
 	}
+	p->resolve_delay_ms = 0;
 
 	/* Each string takes >= 1 wire byte: more than the total limit in
 	 * strings cannot pass, so do not even allocate for them. */
@@ -328,13 +381,18 @@ static void on_browse(AvahiServiceBrowser *b, AvahiIfIndex iface, AvahiProtocol 
 			m->peers = p;
 		}
 		p->gen = m->gen;
-		if (!p->resolver) {
-			p->resolver = avahi_service_resolver_new(
-			    m->client, iface, proto, name, type, domain, proto, 0, on_resolve, p);
-			if (!p->resolver)
-				LOG(m, SOVMESH_LOG_WARNING, "cannot resolve '%s': %s", key,
-				    avahi_strerror(avahi_client_errno(m->client)));
+		if (!p->name) {
+			p->iface = iface;
+			p->proto = proto;
+			p->name = strdup(name);
+			p->type = strdup(type);
+			p->domain = strdup(domain);
+			if (!p->name || !p->type || !p->domain) {
+				LOG(m, SOVMESH_LOG_ERROR, "out of memory tracking '%s'", key);
+				return;
+			}
 		}
+		start_resolver(p);
 		break;
 	case AVAHI_BROWSER_REMOVE:
 		peer_key(key, sizeof(key), iface, proto, name);
