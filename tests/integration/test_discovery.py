@@ -109,6 +109,28 @@ class DiscoveryTest(unittest.TestCase):
         m.wait_for(lambda: paired(m, 1, names[2])["status"] == "offline", timeout=10,
                    what="goodbye to make host 2 offline")
 
+    def test_address_change_is_followed(self):
+        m = self.mesh
+        for i in (1, 2):
+            m.start_host(i, mesh_extra=MESH, listen_ip="0.0.0.0")
+        names = self.names()
+        m.wait_for(lambda: names[2] in discovered_names(m, 1), timeout=15,
+                   what="host 1 to discover host 2")
+        pair(m, 1, 2, with_addr=True)
+        m.wait_for(lambda: (paired(m, 1, names[2]) or {}).get("status") == "connected",
+                   timeout=20, what="host 2 connected")
+        old = m.hosts[2].ip
+        new = "10.231.1.77"
+        m.change_address(2, new)
+        # avahi re-announces the new address; the peer is matched by
+        # fingerprint and followed, and the trust store learns the address.
+        m.wait_for(lambda: (paired(m, 1, names[2]) or {}).get("address", "").startswith(
+            new + ":") and paired(m, 1, names[2])["status"] == "connected",
+            timeout=45, what="host 1 to follow host 2 from %s to %s (sees %s)" % (
+                old, new, peers(m, 1)))
+        self.assertEqual(paired(m, 1, names[2])["addresses"][0], "%s:%d" % (
+            new, m.hosts[2].peer_port))
+
     def test_static_discovery_without_avahi(self):
         m = self.mesh
         for i in (1, 2):
