@@ -365,8 +365,11 @@ static void on_browse(AvahiServiceBrowser *b, AvahiIfIndex iface, AvahiProtocol 
 
 	switch (event) {
 	case AVAHI_BROWSER_NEW:
-		if (flags & AVAHI_LOOKUP_RESULT_OUR_OWN)
-			return;
+		/* Not skipped when flagged OUR_OWN: after a name collision the
+		 * name we tried first belongs to a namesake device, and Avahi
+		 * reports it under the same key.  on_resolve drops our own
+		 * service by fingerprint. */
+		(void)flags;
 		peer_key(key, sizeof(key), iface, proto, name);
 		p = peer_find(m, key, NULL);
 		if (!p) {

@@ -131,6 +131,23 @@ class DiscoveryTest(unittest.TestCase):
         self.assertEqual(paired(m, 1, names[2])["addresses"][0], "%s:%d" % (
             new, m.hosts[2].peer_port))
 
+    def test_service_name_conflict_renamed(self):
+        m = self.mesh
+        # Two devices with the same name: Avahi's alternative name keeps
+        # both visible, and they are told apart by fingerprint.
+        m.hosts[2].name = m.hosts[1].name
+        for i in (1, 2):
+            m.start_host(i, mesh_extra=MESH)
+        fp2 = m.cli_json(2, "id")["fingerprint"]
+        fp1 = m.cli_json(1, "id")["fingerprint"]
+        m.wait_for(lambda: any(d.get("fingerprint") == fp2
+                               for d in peers(m, 1)["discovered"]), timeout=20,
+                   what="host 1 to discover its namesake host 2")
+        m.wait_for(lambda: any(d.get("fingerprint") == fp1
+                               for d in peers(m, 2)["discovered"]), timeout=20,
+                   what="host 2 to discover its namesake host 1")
+        self.assertIn("is taken on the LAN; using", m.log(1) + m.log(2))
+
     def test_static_discovery_without_avahi(self):
         m = self.mesh
         for i in (1, 2):
