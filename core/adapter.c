@@ -6,7 +6,7 @@
  */
 #include "adapter.h"
 
-#include "atomic_file.h"
+#include "state_file.h"
 
 #include "safetensors.h"
 #include "tensor_set.h"
@@ -30,56 +30,6 @@ static char *join_path(const char *dir, const char *file)
 	if (asprintf(&p, "%s/%s", dir, file) < 0)
 		return NULL;
 	return p;
-}
-
-/* Read a small file into a NUL-terminated malloc'd buffer. */
-static int read_small_file(const char *path, char **text, size_t *len, sovmesh_error *err)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return tset_fail(err, -errno, "%s: cannot open: %s", path, strerror(errno));
-	struct stat st;
-	int r = 0;
-	char *buf = NULL;
-	if (fstat(fd, &st) < 0) {
-		r = tset_fail(err, -errno, "%s: cannot stat: %s", path, strerror(errno));
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		r = tset_fail(err, -EINVAL, "%s: not a regular file", path);
-		goto out;
-	}
-	if ((uint64_t)st.st_size > ADAPTER_CONFIG_MAX) {
-		r = tset_fail(err, -E2BIG, "%s: %lld bytes, over the %u-byte limit", path,
-		              (long long)st.st_size, ADAPTER_CONFIG_MAX);
-		goto out;
-	}
-	size_t cap = (size_t)st.st_size, n = 0;
-	buf = malloc(cap + 1);
-	if (!buf) {
-		r = tset_fail(err, -ENOMEM, "%s: out of memory", path);
-		goto out;
-	}
-	while (n < cap) {
-		ssize_t got = read(fd, buf + n, cap - n);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got < 0) {
-			r = tset_fail(err, -errno, "%s: cannot read: %s", path, strerror(errno));
-			goto out;
-		}
-		if (got == 0)
-			break; /* shrank while we read: parse what is there */
-		n += (size_t)got;
-	}
-	buf[n] = '\0';
-	*text = buf;
-	*len = n;
-	buf = NULL;
-out:
-	free(buf);
-	close(fd);
-	return r;
 }
 
 /* 0 when `text` (len bytes) is a JSON object; else -EINVAL prefixed `where`. */
@@ -113,7 +63,7 @@ int adapter_read(const char *dir, sovmesh_tensor_set **out, char **config_json, 
 		r = tset_fail(err, -ENOMEM, "%s: out of memory", dir);
 		goto out;
 	}
-	r = read_small_file(cfg_path, &text, &len, err);
+	r = state_file_read(cfg_path, ADAPTER_CONFIG_MAX, &text, &len, NULL, err);
 	if (r < 0)
 		goto out;
 	r = check_config_text(cfg_path, text, len, err);
@@ -240,7 +190,7 @@ int adapter_write(const char *dir, const sovmesh_tensor_set *set, const char *co
 		goto out;
 	const char *text = config_json ? config_json : generated;
 	struct iovec part = {.iov_base = (void *)text, .iov_len = strlen(text)};
-	r = atomic_file_write(cfg_path, &part, 1, err);
+	r = state_file_write(cfg_path, &part, 1, err);
 out:
 	free(generated);
 	free(cfg_path);

@@ -6,7 +6,7 @@
  */
 #include "identity.h"
 
-#include "atomic_file.h"
+#include "state_file.h"
 #include "log.h"
 
 #include <errno.h>
@@ -197,80 +197,40 @@ static int paths_make(const char *state_dir, id_paths *p)
 }
 
 /*
- * Read a small file into a NUL-terminated buffer (*out, caller wipes and
- * frees).  -ENOENT is returned without a message so the caller can decide
- * to create the file.  With `private_key`, a file group or others may
- * access is refused: the key may have been copied by someone else.
+ * Read a small identity file into a NUL-terminated buffer (*out, caller
+ * wipes and frees).  -ENOENT is returned without a message so the caller
+ * can decide to create the file.  With `private_key`, a file group or
+ * others may access is refused: the key may have been copied by someone
+ * else.
  */
 static int read_file(const char *path, int private_key, char **out, size_t *len, sovmesh_error *err)
 {
-	*out = NULL;
-	*len = 0;
-	/* O_NONBLOCK: a FIFO planted here must not hang the start. */
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-	if (fd < 0) {
-		if (errno == ENOENT)
-			return -ENOENT;
-		return id_fail(err, -errno, "%s: cannot open: %s", path, strerror(errno));
-	}
 	struct stat st;
-	char *buf = NULL;
-	size_t n = 0;
-	int r;
-	if (fstat(fd, &st) < 0) {
-		r = id_fail(err, -errno, "%s: cannot stat: %s", path, strerror(errno));
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		r = id_fail(err, -EINVAL, "%s: not a regular file", path);
-		goto out;
-	}
+	sovmesh_error inner = {0};
+	int r = state_file_read(path, IDENTITY_FILE_MAX, out, len, &st, &inner);
+	if (r == -ENOENT)
+		return r;
+	if (r == -E2BIG)
+		return id_fail(err, -EINVAL, "%s: over the %u-byte limit: not an identity file",
+		               path, IDENTITY_FILE_MAX);
+	if (r < 0)
+		return id_fail(err, r, "%s", inner.message);
 	if (private_key && (st.st_mode & 0077) != 0) {
-		r = id_fail(err, -EPERM,
-		            "%s: private key has mode %03o (group/other may read it); refusing to "
-		            "use a key that may have leaked; check it, then chmod 600 it",
-		            path, (unsigned)(st.st_mode & 0777));
-		goto out;
+		wipe_free(*out, *len);
+		*out = NULL;
+		*len = 0;
+		return id_fail(err, -EPERM,
+		               "%s: private key has mode %03o (group/other may read it); refusing "
+		               "to use a key that may have leaked; check it, then chmod 600 it",
+		               path, (unsigned)(st.st_mode & 0777));
 	}
-	if ((uint64_t)st.st_size > IDENTITY_FILE_MAX) {
-		r = id_fail(err, -EINVAL,
-		            "%s: %lld bytes, over the %u-byte limit: not an identity file", path,
-		            (long long)st.st_size, IDENTITY_FILE_MAX);
-		goto out;
-	}
-	size_t cap = (size_t)st.st_size;
-	buf = malloc(cap + 1);
-	if (!buf) {
-		r = id_fail(err, -ENOMEM, "%s: out of memory", path);
-		goto out;
-	}
-	while (n < cap) {
-		ssize_t got = read(fd, buf + n, cap - n);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got < 0) {
-			r = id_fail(err, -errno, "%s: cannot read: %s", path, strerror(errno));
-			goto out;
-		}
-		if (got == 0)
-			break;
-		n += (size_t)got;
-	}
-	buf[n] = '\0';
-	*out = buf;
-	*len = n;
-	buf = NULL;
-	r = 0;
-out:
-	wipe_free(buf, n);
-	close(fd);
-	return r;
+	return 0;
 }
 
 static int write_file(const char *path, const void *data, size_t len, sovmesh_error *err)
 {
 	struct iovec iov = {(void *)(uintptr_t)data, len};
-	return atomic_file_write(path, &iov, 1, err);
+	return state_file_write(path, &iov, 1, err);
 }
 
 /* <state_dir>/identity, 0700; an existing one with wider access is

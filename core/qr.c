@@ -10,7 +10,7 @@
 #include <string.h>
 #include <sys/uio.h>
 
-#include "atomic_file.h"
+#include "state_file.h"
 
 /* Encode `data` in byte mode, level M, smallest version that fits. */
 static int encode(const char *data, QRcode **out, sovmesh_error *err)
@@ -272,7 +272,7 @@ int qr_render_png(const char *data, const char *path, int scale, sovmesh_error *
 	if (r < 0)
 		return r;
 	struct iovec part = {.iov_base = png, .iov_len = len};
-	r = atomic_file_write(path, &part, 1, err);
+	r = state_file_write(path, &part, 1, err);
 	free(png);
 	return r;
 }

@@ -62,7 +62,7 @@ int qr_render_png_memory(const char *data, int scale, unsigned char **png, size_
 
 /*
  * Write the PNG of qr_render_png_memory() to `path` (borrowed), replacing
- * it atomically (atomic_file.h; the file is created 0600).  0 or -errno
+ * it atomically (state_file.h; the file is created 0600).  0 or -errno
  * with a message naming `path` when the write fails.
  */
 int qr_render_png(const char *data, const char *path, int scale, sovmesh_error *err);

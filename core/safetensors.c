@@ -8,7 +8,7 @@
  */
 #include "safetensors.h"
 
-#include "atomic_file.h"
+#include "state_file.h"
 
 #include "tensor_set.h"
 
@@ -553,7 +553,7 @@ int safetensors_write_file(const char *path, const sovmesh_tensor_set *set, sovm
 	for (size_t i = 0; i < set->count; i++)
 		parts[i + 2] = (struct iovec){.iov_base = order[i]->data,
 		                              .iov_len = (size_t)order[i]->nbytes};
-	r = atomic_file_write(path, parts, set->count + 2, err);
+	r = state_file_write(path, parts, set->count + 2, err);
 out:
 	free(parts);
 	free(order);

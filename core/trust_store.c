@@ -7,7 +7,7 @@
  */
 #include "trust_store.h"
 
-#include "atomic_file.h"
+#include "state_file.h"
 #include "hostport.h"
 #include "log.h"
 
@@ -273,7 +273,7 @@ static int persist(const trust_store *ts, size_t skip, sovmesh_error *err)
 	if (!text)
 		return ts_fail(err, -ENOMEM, "%s: out of memory", ts->path);
 	struct iovec iov[2] = {{text, strlen(text)}, {"\n", 1}};
-	int r = atomic_file_write(ts->path, iov, 2, err);
+	int r = state_file_write(ts->path, iov, 2, err);
 	free(text);
 	return r;
 }

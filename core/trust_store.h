@@ -1,6 +1,6 @@
 /*
  * Paired peers, pinned by fingerprint, persisted in <state_dir>/peers.json
- * (0600) with atomic replacement (atomic_file.c), so it survives restart
+ * (0600) with atomic replacement (state_file.c), so it survives restart
  * and kill -9.  Nothing is trusted that is not in here (DESIGN.md §6.1).
  */
 #ifndef SOVMESH_CORE_TRUST_STORE_H

@@ -1,8 +1,10 @@
-/* Crash-safe file replacement (see atomic_file.h). */
-#include "atomic_file.h"
+/* State files: crash-safe writes and bounded reads (see state_file.h). */
+#include "state_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +29,7 @@ static int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
-int atomic_fsync_parent(const char *path)
+int state_file_fsync_parent(const char *path)
 {
 	const char *slash = strrchr(path, '/');
 	char *dir;
@@ -48,7 +50,7 @@ int atomic_fsync_parent(const char *path)
 	return r;
 }
 
-int atomic_file_write(const char *path, const struct iovec *parts, size_t n, sovmesh_error *err)
+int state_file_write(const char *path, const struct iovec *parts, size_t n, sovmesh_error *err)
 {
 	char *tmp = NULL;
 	int fd = -1, r;
@@ -92,7 +94,7 @@ int atomic_file_write(const char *path, const struct iovec *parts, size_t n, sov
 	free(tmp);
 	tmp = NULL;
 	what = "cannot fsync the directory";
-	r = atomic_fsync_parent(path);
+	r = state_file_fsync_parent(path);
 	if (r < 0)
 		goto fail;
 	return 0;
@@ -104,4 +106,59 @@ fail:
 		free(tmp);
 	}
 	return tset_fail(err, r, "%s: %s: %s", path, what, strerror(-r));
+}
+
+int state_file_read(const char *path, size_t max, char **out, size_t *len, struct stat *st,
+                    sovmesh_error *err)
+{
+	*out = NULL;
+	*len = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return tset_fail(err, -errno, "%s: cannot open: %s", path, strerror(errno));
+	struct stat sb;
+	char *buf = NULL;
+	size_t n = 0;
+	int r = 0;
+	if (fstat(fd, &sb) < 0) {
+		r = tset_fail(err, -errno, "%s: cannot stat: %s", path, strerror(errno));
+		goto out;
+	}
+	if (st)
+		*st = sb;
+	if (!S_ISREG(sb.st_mode)) {
+		r = tset_fail(err, -EINVAL, "%s: not a regular file", path);
+		goto out;
+	}
+	if ((uint64_t)sb.st_size > max) {
+		r = tset_fail(err, -E2BIG, "%s: %lld bytes, over the %zu-byte limit", path,
+		              (long long)sb.st_size, max);
+		goto out;
+	}
+	size_t cap = (size_t)sb.st_size;
+	buf = malloc(cap + 1);
+	if (!buf) {
+		r = tset_fail(err, -ENOMEM, "%s: out of memory", path);
+		goto out;
+	}
+	while (n < cap) {
+		ssize_t got = read(fd, buf + n, cap - n);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0) {
+			r = tset_fail(err, -errno, "%s: cannot read: %s", path, strerror(errno));
+			goto out;
+		}
+		if (got == 0)
+			break; /* shrank while we read: take what is there */
+		n += (size_t)got;
+	}
+	buf[n] = '\0';
+	*out = buf;
+	*len = n;
+	buf = NULL;
+out:
+	free(buf);
+	close(fd);
+	return r;
 }
