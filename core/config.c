@@ -88,6 +88,8 @@ static const key_def schema[] = {
     {"mesh",                                    KT_GROUP,       NULL,      0, 0, 0, 0,           CHECK_NONE,        NULL,        NO_FIELD, 0},
     {"mesh.enabled",                            KT_BOOL,        "true",    0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(mesh_enabled), 0},
     {"mesh.discovery",                          KT_STRING,      "mdns",    0, 0, 0, 0,           CHECK_PLUGIN_NAMES, "discovery", FIELD(mesh_discovery), 0},
+    {"mesh.thermal_limit_c",                    KT_FLOAT,       "80.0",    1, 0, 30, 120,        CHECK_NONE,        NULL,        FIELD(thermal_limit_c), 0},
+    {"mesh.thermal_sysfs_root",                 KT_STRING,      "/sys",    0, 0, 0, 0,           CHECK_ABS_PATH,    NULL,        FIELD(thermal_sysfs_root), 0},
     {"mesh.health_interval_ms",                 KT_INT,         "3000",    1, 0, 100, 600000,    CHECK_NONE,        NULL,        FIELD(health_interval_ms), 0},
     {"mesh.serve_inference",                    KT_BOOL,        "true",    0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(serve_inference), 0},
     {"mesh.max_concurrent_peer_requests",       KT_INT,         "2",       1, 0, 0, 1024,        CHECK_NONE,        NULL,        FIELD(max_concurrent_peer_requests), 0},
@@ -1035,6 +1037,7 @@ void config_free(sovmesh_config *cfg)
 	free(cfg->control_socket);
 	free(cfg->mesh_discovery);
 	free(cfg->peer_listen);
+	free(cfg->thermal_sysfs_root);
 	free(cfg->pairing_listen);
 	free(cfg->aggregation_method);
 	free(cfg->noise_mechanism);

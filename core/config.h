@@ -31,6 +31,8 @@ typedef struct sovmesh_config {
 	int mesh_enabled;
 	char *mesh_discovery; /* comma-separated discovery plugin names, may be "" */
 	int64_t health_interval_ms;
+	double thermal_limit_c;    /* a zone at or above this is "hot" */
+	char *thermal_sysfs_root;  /* "/sys"; tests point it at a fake tree */
 	int serve_inference;
 	int64_t max_concurrent_peer_requests;
 	int64_t request_timeout_secs;

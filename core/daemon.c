@@ -25,6 +25,7 @@
 #include "peer_health.h"
 #include "peer_table.h"
 #include "peer_transport.h"
+#include "thermal.h"
 #include "trust_store.h"
 #include "plugin_loader.h"
 #include "plugin_settings.h"
@@ -297,6 +298,11 @@ static int handle_status(void *ud, const control_request *req, json_t **reply, i
 	              "log_level", log_level_name(log_get_level()), "mesh_enabled",
 	              d->cfg->mesh_enabled, "federated_learning_enabled", d->cfg->fl_enabled,
 	              "plugins_loaded", (json_int_t)d->n_plugins, "plugin_abi", "1.0");
+	thermal_state ts;
+	thermal_read(d->cfg->thermal_sysfs_root, d->cfg->thermal_limit_c, &ts);
+	json_object_set_new(*reply, "thermal",
+	                    json_pack("{s:b, s:b, s:o}", "hot", ts.hot, "throttled", ts.throttled,
+	                              "temp_c", ts.has_temp ? json_real(ts.temp_c) : json_null()));
 	*status = 200;
 	return 0;
 }
@@ -516,6 +522,17 @@ static void on_pairing_port(void *ud, uint16_t port)
 		discovery_host_set_pairing_port(d->disc, port);
 }
 
+/* Health answers carry this node's thermal state, read when asked. */
+static void health_thermal(void *ud, int *hot, int *has_temp, double *temp_c)
+{
+	daemon_state *d = ud;
+	thermal_state ts;
+	thermal_read(d->cfg->thermal_sysfs_root, d->cfg->thermal_limit_c, &ts);
+	*hot = ts.hot;
+	*has_temp = ts.has_temp;
+	*temp_c = ts.temp_c;
+}
+
 /* Identity, trust store, peer client and the mutual-TLS peer port. */
 static int start_peer_network(daemon_state *d, sovmesh_error *err)
 {
@@ -536,7 +553,8 @@ static int start_peer_network(daemon_state *d, sovmesh_error *err)
 	r = peer_transport_new(&d->loop, d->id, d->trust, &o, &d->peer_port, err);
 	if (r < 0)
 		return r;
-	r = peer_health_register(d->peer_port, d->id, d->cfg->max_concurrent_peer_requests, NULL,
+	peer_health_providers prov = {.ud = d, .thermal = health_thermal};
+	r = peer_health_register(d->peer_port, d->id, d->cfg->max_concurrent_peer_requests, &prov,
 	                         &d->health);
 	if (r < 0)
 		return sovmesh_fail(err, r, "cannot serve health checks: %s", strerror(-r));

@@ -71,6 +71,15 @@ static int cmd_status(const cli *c)
 		       json_is_true(json_object_get(reply, "federated_learning_enabled"))
 		           ? "enabled"
 		           : "disabled");
+		json_t *th = json_object_get(reply, "thermal");
+		json_t *temp = json_object_get(th, "temp_c");
+		if (json_is_number(temp))
+			printf("thermal:     %.1f C%s\n", json_number_value(temp),
+			       json_is_true(json_object_get(th, "hot")) ? " (hot: peers avoid it)"
+			                                                : "");
+		else
+			printf("thermal:     no sensor%s\n",
+			       json_is_true(json_object_get(th, "hot")) ? " (throttled)" : "");
 		printf("plugins:     %zu loaded\n",
 		       (size_t)json_integer_value(json_object_get(reply, "plugins_loaded")));
 	}

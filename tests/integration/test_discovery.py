@@ -148,6 +148,24 @@ class DiscoveryTest(unittest.TestCase):
                    what="host 2 to discover its namesake host 1")
         self.assertIn("is taken on the LAN; using", m.log(1) + m.log(2))
 
+    def test_thermal_state_reaches_peers(self):
+        m = self.mesh
+        fake = os.path.join(m.hosts[2].dir, "fake-sys")
+        zone = os.path.join(fake, "class", "thermal", "thermal_zone0")
+        os.makedirs(zone)
+        with open(os.path.join(zone, "temp"), "w") as f:
+            f.write("90000\n")
+        m.start_host(1, mesh_extra=MESH)
+        m.start_host(2, mesh_extra=MESH + ' thermal_sysfs_root = "%s";' % fake)
+        names = self.names()
+        pair(m, 1, 2, with_addr=True)
+        m.wait_for(lambda: ((paired(m, 1, names[2]) or {}).get("thermal") or {}).get("hot"),
+                   timeout=20, what="host 1 to see host 2 hot")
+        self.assertAlmostEqual(paired(m, 1, names[2])["thermal"]["temp_c"], 90.0)
+        st = m.cli_json(2, "status")
+        self.assertTrue(st["thermal"]["hot"])
+        self.assertIn("hot", m.cli(2, "status").stdout)
+
     def test_static_discovery_without_avahi(self):
         m = self.mesh
         for i in (1, 2):

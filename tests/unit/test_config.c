@@ -31,6 +31,8 @@ static const char *const all_keys[] = {
     "mesh.request_timeout_secs",
     "mesh.peer_listen",
     "mesh.health_interval_ms",
+    "mesh.thermal_limit_c",
+    "mesh.thermal_sysfs_root",
     "pairing.listen",
     "pairing.code_ttl_secs",
     "pairing.max_attempts",
