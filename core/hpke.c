@@ -25,8 +25,8 @@ static void wipe(void *p, size_t n)
 		gnutls_memset(p, 0, n);
 }
 
-#define HPKE_V1 "HPKE-v1"
-#define HPKE_V1_LEN 7
+#define HPKE_V1      "HPKE-v1"
+#define HPKE_V1_LEN  7
 #define SUITE_ID_MAX 10 /* "HPKE" + 3 ids; "KEM" + 1 id is 5 */
 
 size_t hpke_aead_nk(uint16_t aead_id)
@@ -49,21 +49,21 @@ int hpke_suite_check(const struct hpke_suite *suite)
 	return 0;
 }
 
-void hpke_hkdf_extract(const uint8_t *salt, size_t salt_len, const uint8_t *ikm,
-		       size_t ikm_len, uint8_t prk[HPKE_NH])
+void hpke_hkdf_extract(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
+                       uint8_t prk[HPKE_NH])
 {
 	struct hmac_sha256_ctx mac;
 	static const uint8_t empty[1];
 	/* An empty salt is HMAC keyed with "", the same as Nh zero bytes. */
 	hmac_sha256_set_key(&mac, salt_len, salt_len ? salt : empty);
 	hkdf_extract(&mac, (nettle_hash_update_func *)hmac_sha256_update,
-		     (nettle_hash_digest_func *)hmac_sha256_digest, SHA256_DIGEST_SIZE,
-		     ikm_len, ikm_len ? ikm : empty, prk);
+	             (nettle_hash_digest_func *)hmac_sha256_digest, SHA256_DIGEST_SIZE, ikm_len,
+	             ikm_len ? ikm : empty, prk);
 	wipe(&mac, sizeof(mac));
 }
 
 int hpke_hkdf_expand(const uint8_t prk[HPKE_NH], const uint8_t *info, size_t info_len,
-		     size_t out_len, uint8_t *out)
+                     size_t out_len, uint8_t *out)
 {
 	static const uint8_t empty[1];
 	struct hmac_sha256_ctx mac;
@@ -73,16 +73,16 @@ int hpke_hkdf_expand(const uint8_t prk[HPKE_NH], const uint8_t *info, size_t inf
 		return 0;
 	hmac_sha256_set_key(&mac, HPKE_NH, prk);
 	hkdf_expand(&mac, (nettle_hash_update_func *)hmac_sha256_update,
-		    (nettle_hash_digest_func *)hmac_sha256_digest, SHA256_DIGEST_SIZE,
-		    info_len, info_len ? info : empty, out_len, out);
+	            (nettle_hash_digest_func *)hmac_sha256_digest, SHA256_DIGEST_SIZE, info_len,
+	            info_len ? info : empty, out_len, out);
 	wipe(&mac, sizeof(mac));
 	return 0;
 }
 
 /* LabeledExtract (§4): Extract(salt, "HPKE-v1" || suite_id || label || ikm). */
 static int labeled_extract(const uint8_t *suite_id, size_t suite_len, const uint8_t *salt,
-			   size_t salt_len, const char *label, const uint8_t *ikm,
-			   size_t ikm_len, uint8_t prk[HPKE_NH])
+                           size_t salt_len, const char *label, const uint8_t *ikm, size_t ikm_len,
+                           uint8_t prk[HPKE_NH])
 {
 	size_t label_len = strlen(label);
 	size_t n = HPKE_V1_LEN + suite_len + label_len + ikm_len;
@@ -106,9 +106,9 @@ static int labeled_extract(const uint8_t *suite_id, size_t suite_len, const uint
 
 /* LabeledExpand (§4): Expand(prk, I2OSP(L, 2) || "HPKE-v1" || suite_id ||
  * label || info, L). */
-static int labeled_expand(const uint8_t *suite_id, size_t suite_len,
-			  const uint8_t prk[HPKE_NH], const char *label, const uint8_t *info,
-			  size_t info_len, size_t L, uint8_t *out)
+static int labeled_expand(const uint8_t *suite_id, size_t suite_len, const uint8_t prk[HPKE_NH],
+                          const char *label, const uint8_t *info, size_t info_len, size_t L,
+                          uint8_t *out)
 {
 	if (L > 255 * HPKE_NH)
 		return -EINVAL;
@@ -148,16 +148,16 @@ static size_t hpke_suite_id(const struct hpke_suite *s, uint8_t id[SUITE_ID_MAX]
 }
 
 int hpke_derive_keypair(const uint8_t *ikm, size_t ikm_len, uint8_t sk[HPKE_NSK],
-			uint8_t pk[HPKE_NPK])
+                        uint8_t pk[HPKE_NPK])
 {
 	uint8_t prk[HPKE_NH];
 	if (ikm == NULL && ikm_len > 0)
 		return -EINVAL;
 	int r = labeled_extract(kem_suite_id, sizeof(kem_suite_id), NULL, 0, "dkp_prk", ikm,
-				ikm_len, prk);
+	                        ikm_len, prk);
 	if (r == 0)
-		r = labeled_expand(kem_suite_id, sizeof(kem_suite_id), prk, "sk", NULL, 0,
-				   HPKE_NSK, sk);
+		r = labeled_expand(kem_suite_id, sizeof(kem_suite_id), prk, "sk", NULL, 0, HPKE_NSK,
+		                   sk);
 	wipe(prk, sizeof(prk));
 	if (r == 0)
 		curve25519_mul_g(pk, sk);
@@ -188,23 +188,23 @@ static int dh(const uint8_t sk[HPKE_NSK], const uint8_t pk[HPKE_NPK], uint8_t ou
 
 /* ExtractAndExpand (§4.1) over dh with kem_context = enc || pkRm. */
 static int extract_and_expand(const uint8_t dhv[32], const uint8_t enc[HPKE_NENC],
-			      const uint8_t pkR[HPKE_NPK], uint8_t shared[HPKE_NSECRET])
+                              const uint8_t pkR[HPKE_NPK], uint8_t shared[HPKE_NSECRET])
 {
 	uint8_t kem_context[HPKE_NENC + HPKE_NPK];
 	uint8_t prk[HPKE_NH];
 	memcpy(kem_context, enc, HPKE_NENC);
 	memcpy(kem_context + HPKE_NENC, pkR, HPKE_NPK);
-	int r = labeled_extract(kem_suite_id, sizeof(kem_suite_id), NULL, 0, "eae_prk", dhv,
-				32, prk);
+	int r =
+	    labeled_extract(kem_suite_id, sizeof(kem_suite_id), NULL, 0, "eae_prk", dhv, 32, prk);
 	if (r == 0)
 		r = labeled_expand(kem_suite_id, sizeof(kem_suite_id), prk, "shared_secret",
-				   kem_context, sizeof(kem_context), HPKE_NSECRET, shared);
+		                   kem_context, sizeof(kem_context), HPKE_NSECRET, shared);
 	wipe(prk, sizeof(prk));
 	return r;
 }
 
-int hpke_encap(const uint8_t pkR[HPKE_NPK], const uint8_t *skE,
-	       uint8_t shared_secret[HPKE_NSECRET], uint8_t enc[HPKE_NENC])
+int hpke_encap(const uint8_t pkR[HPKE_NPK], const uint8_t *skE, uint8_t shared_secret[HPKE_NSECRET],
+               uint8_t enc[HPKE_NENC])
 {
 	uint8_t sk[HPKE_NSK], dhv[32];
 	int r = 0;
@@ -224,7 +224,7 @@ int hpke_encap(const uint8_t pkR[HPKE_NPK], const uint8_t *skE,
 }
 
 int hpke_decap(const uint8_t enc[HPKE_NENC], const uint8_t skR[HPKE_NSK],
-	       uint8_t shared_secret[HPKE_NSECRET])
+               uint8_t shared_secret[HPKE_NSECRET])
 {
 	uint8_t dhv[32], pkR[HPKE_NPK];
 	int r = dh(skR, enc, dhv);
@@ -237,9 +237,8 @@ int hpke_decap(const uint8_t enc[HPKE_NENC], const uint8_t skR[HPKE_NSK],
 }
 
 /* KeySchedule (§5.1) for mode_base: empty psk and psk_id. */
-static int key_schedule_base(const struct hpke_suite *suite,
-			     const uint8_t shared[HPKE_NSECRET], const uint8_t *info,
-			     size_t info_len, struct hpke_ctx **ctx_out)
+static int key_schedule_base(const struct hpke_suite *suite, const uint8_t shared[HPKE_NSECRET],
+                             const uint8_t *info, size_t info_len, struct hpke_ctx **ctx_out)
 {
 	uint8_t sid[SUITE_ID_MAX];
 	size_t sl = hpke_suite_id(suite, sid);
@@ -254,17 +253,17 @@ static int key_schedule_base(const struct hpke_suite *suite,
 	int r = labeled_extract(sid, sl, NULL, 0, "psk_id_hash", NULL, 0, ksc + 1);
 	if (r == 0)
 		r = labeled_extract(sid, sl, NULL, 0, "info_hash", info, info_len,
-				    ksc + 1 + HPKE_NH);
+		                    ksc + 1 + HPKE_NH);
 	if (r == 0)
 		r = labeled_extract(sid, sl, shared, HPKE_NSECRET, "secret", NULL, 0, c->secret);
 	if (r == 0)
 		r = labeled_expand(sid, sl, c->secret, "key", ksc, HPKE_KSC_LEN, c->nk, c->key);
 	if (r == 0)
 		r = labeled_expand(sid, sl, c->secret, "base_nonce", ksc, HPKE_KSC_LEN, HPKE_NN,
-				   c->base_nonce);
+		                   c->base_nonce);
 	if (r == 0)
 		r = labeled_expand(sid, sl, c->secret, "exp", ksc, HPKE_KSC_LEN, HPKE_NH,
-				   c->exporter_secret);
+		                   c->exporter_secret);
 	if (r < 0) {
 		hpke_ctx_free(c);
 		return r;
@@ -273,9 +272,9 @@ static int key_schedule_base(const struct hpke_suite *suite,
 	return 0;
 }
 
-static int setup_s(const struct hpke_suite *suite, const uint8_t pkR[HPKE_NPK],
-		   const uint8_t *info, size_t info_len, const uint8_t *skE,
-		   struct hpke_ctx **ctx_out, uint8_t enc[HPKE_NENC])
+static int setup_s(const struct hpke_suite *suite, const uint8_t pkR[HPKE_NPK], const uint8_t *info,
+                   size_t info_len, const uint8_t *skE, struct hpke_ctx **ctx_out,
+                   uint8_t enc[HPKE_NENC])
 {
 	uint8_t shared[HPKE_NSECRET];
 	int r = hpke_suite_check(suite);
@@ -291,15 +290,15 @@ static int setup_s(const struct hpke_suite *suite, const uint8_t pkR[HPKE_NPK],
 }
 
 int hpke_setup_base_s_sk(const struct hpke_suite *suite, const uint8_t pkR[HPKE_NPK],
-			 const uint8_t *info, size_t info_len, const uint8_t *skE,
-			 struct hpke_ctx **ctx_out, uint8_t enc[HPKE_NENC])
+                         const uint8_t *info, size_t info_len, const uint8_t *skE,
+                         struct hpke_ctx **ctx_out, uint8_t enc[HPKE_NENC])
 {
 	return setup_s(suite, pkR, info, info_len, skE, ctx_out, enc);
 }
 
 int hpke_setup_base_s(const struct hpke_suite *suite, const uint8_t pkR[HPKE_NPK],
-		      const uint8_t *info, size_t info_len, const uint8_t *ikmE,
-		      size_t ikmE_len, struct hpke_ctx **ctx_out, uint8_t enc[HPKE_NENC])
+                      const uint8_t *info, size_t info_len, const uint8_t *ikmE, size_t ikmE_len,
+                      struct hpke_ctx **ctx_out, uint8_t enc[HPKE_NENC])
 {
 	if (ikmE == NULL)
 		return setup_s(suite, pkR, info, info_len, NULL, ctx_out, enc);
@@ -312,8 +311,8 @@ int hpke_setup_base_s(const struct hpke_suite *suite, const uint8_t pkR[HPKE_NPK
 }
 
 int hpke_setup_base_r(const struct hpke_suite *suite, const uint8_t enc[HPKE_NENC],
-		      const uint8_t skR[HPKE_NSK], const uint8_t *info, size_t info_len,
-		      struct hpke_ctx **ctx_out)
+                      const uint8_t skR[HPKE_NSK], const uint8_t *info, size_t info_len,
+                      struct hpke_ctx **ctx_out)
 {
 	uint8_t shared[HPKE_NSECRET];
 	int r = hpke_suite_check(suite);
@@ -336,8 +335,8 @@ void hpke_ctx_nonce(const struct hpke_ctx *ctx, uint64_t seq, uint8_t nonce[HPKE
 }
 
 int hpke_aead_seal(uint16_t aead_id, const uint8_t *key, const uint8_t nonce[HPKE_NN],
-		   const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len,
-		   uint8_t *ct)
+                   const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len,
+                   uint8_t *ct)
 {
 	switch (aead_id) {
 	case HPKE_AEAD_AES128GCM: {
@@ -370,8 +369,8 @@ int hpke_aead_seal(uint16_t aead_id, const uint8_t *key, const uint8_t nonce[HPK
 }
 
 int hpke_aead_open(uint16_t aead_id, const uint8_t *key, const uint8_t nonce[HPKE_NN],
-		   const uint8_t *aad, size_t aad_len, const uint8_t *ct, size_t ct_len,
-		   uint8_t *pt)
+                   const uint8_t *aad, size_t aad_len, const uint8_t *ct, size_t ct_len,
+                   uint8_t *pt)
 {
 	uint8_t tag[HPKE_NT];
 	if (ct_len < HPKE_NT)
@@ -415,43 +414,41 @@ int hpke_aead_open(uint16_t aead_id, const uint8_t *key, const uint8_t nonce[HPK
 
 /* §5.2: the sequence number must stay below 2^(8*Nn) - 1; a uint64 is the
  * tighter bound here, so UINT64_MAX itself is never used. */
-int hpke_seal(struct hpke_ctx *ctx, const uint8_t *aad, size_t aad_len,
-	      const uint8_t *pt, size_t pt_len, uint8_t *ct)
+int hpke_seal(struct hpke_ctx *ctx, const uint8_t *aad, size_t aad_len, const uint8_t *pt,
+              size_t pt_len, uint8_t *ct)
 {
 	uint8_t nonce[HPKE_NN];
 	if (ctx->seq == UINT64_MAX)
 		return -EOVERFLOW;
 	hpke_ctx_nonce(ctx, ctx->seq, nonce);
-	int r = hpke_aead_seal(ctx->suite.aead_id, ctx->key, nonce, aad, aad_len, pt, pt_len,
-			       ct);
+	int r = hpke_aead_seal(ctx->suite.aead_id, ctx->key, nonce, aad, aad_len, pt, pt_len, ct);
 	if (r == 0)
 		ctx->seq++;
 	return r;
 }
 
-int hpke_open(struct hpke_ctx *ctx, const uint8_t *aad, size_t aad_len,
-	      const uint8_t *ct, size_t ct_len, uint8_t *pt)
+int hpke_open(struct hpke_ctx *ctx, const uint8_t *aad, size_t aad_len, const uint8_t *ct,
+              size_t ct_len, uint8_t *pt)
 {
 	uint8_t nonce[HPKE_NN];
 	if (ctx->seq == UINT64_MAX)
 		return -EOVERFLOW;
 	hpke_ctx_nonce(ctx, ctx->seq, nonce);
-	int r = hpke_aead_open(ctx->suite.aead_id, ctx->key, nonce, aad, aad_len, ct, ct_len,
-			       pt);
+	int r = hpke_aead_open(ctx->suite.aead_id, ctx->key, nonce, aad, aad_len, ct, ct_len, pt);
 	if (r == 0)
 		ctx->seq++;
 	return r;
 }
 
 int hpke_export(const struct hpke_ctx *ctx, const uint8_t *exporter_context,
-		size_t exporter_context_len, size_t L, uint8_t *out)
+                size_t exporter_context_len, size_t L, uint8_t *out)
 {
 	uint8_t sid[SUITE_ID_MAX];
 	size_t sl = hpke_suite_id(&ctx->suite, sid);
 	if (exporter_context == NULL && exporter_context_len)
 		return -EINVAL;
 	return labeled_expand(sid, sl, ctx->exporter_secret, "sec", exporter_context,
-			      exporter_context_len, L, out);
+	                      exporter_context_len, L, out);
 }
 
 void hpke_ctx_free(struct hpke_ctx *ctx)
