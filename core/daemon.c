@@ -63,6 +63,7 @@ typedef struct daemon_state {
 	uv_signal_t sig_int, sig_term, sig_hup;
 	uint64_t started_ms;
 	int stopping;
+	int signals_ready; /* sig_* initialised and not yet closed */
 } daemon_state;
 
 const char *daemon_config_path(const daemon_options *opts)
@@ -348,6 +349,8 @@ static void close_peer_network(daemon_state *d)
 	control_pairing_stop(d->control_pairing);
 }
 
+static void close_signals(daemon_state *d);
+
 static void begin_shutdown(daemon_state *d, const char *why)
 {
 	if (d->stopping)
@@ -361,9 +364,7 @@ static void begin_shutdown(daemon_state *d, const char *why)
 	if (d->control_server)
 		http_server_close(d->control_server, on_control_closed, d);
 	close_peer_network(d);
-	uv_close((uv_handle_t *)&d->sig_int, NULL);
-	uv_close((uv_handle_t *)&d->sig_term, NULL);
-	uv_close((uv_handle_t *)&d->sig_hup, NULL);
+	close_signals(d);
 }
 
 /* Keys a running daemon can apply without a restart: the log level.
@@ -615,6 +616,9 @@ static int start_discovery(daemon_state *d, sovmesh_error *err)
 	return discovery_host_start(d->disc, &self, err);
 }
 
+/* Installed before anything listens: a signal that arrives while the
+ * daemon is still starting (as soon as the control socket answers) is
+ * then queued for the loop instead of killing the process. */
 static int start_signals(daemon_state *d)
 {
 	uv_signal_t *hs[] = {&d->sig_int, &d->sig_term, &d->sig_hup};
@@ -622,11 +626,24 @@ static int start_signals(daemon_state *d)
 	for (size_t i = 0; i < 3; i++) {
 		uv_signal_init(&d->loop, hs[i]);
 		hs[i]->data = d;
+	}
+	d->signals_ready = 1;
+	for (size_t i = 0; i < 3; i++) {
 		int r = uv_signal_start(hs[i], on_signal, sigs[i]);
 		if (r < 0)
 			return r;
 	}
 	return 0;
+}
+
+static void close_signals(daemon_state *d)
+{
+	if (!d->signals_ready)
+		return;
+	d->signals_ready = 0;
+	uv_close((uv_handle_t *)&d->sig_int, NULL);
+	uv_close((uv_handle_t *)&d->sig_term, NULL);
+	uv_close((uv_handle_t *)&d->sig_hup, NULL);
 }
 
 static void free_plugins(daemon_state *d)
@@ -692,6 +709,11 @@ int daemon_run(const daemon_options *opts)
 		log_error("cannot start the plugin host: %s", strerror(-r));
 		goto out_plugins;
 	}
+	r = start_signals(&d);
+	if (r < 0) {
+		log_error("cannot install signal handlers: %s", uv_strerror(r));
+		goto out_runtime;
+	}
 	/* Instances take ownership of their plugin and settings, even on
 	 * failure, so the arrays are emptied as we go. */
 	for (size_t i = 0; i < n_loaded; i++) {
@@ -723,11 +745,6 @@ int daemon_run(const daemon_options *opts)
 		log_error("%s", err.message);
 		goto out_runtime;
 	}
-	r = start_signals(&d);
-	if (r < 0) {
-		log_error("cannot install signal handlers: %s", uv_strerror(r));
-		goto out_runtime;
-	}
 	log_notice("sovmeshd %s started: node '%s', state %s, control socket %s, config %s",
 	           SOVMESH_VERSION, d.cfg->node_name, d.cfg->state_dir, d.cfg->control_socket,
 	           d.cfg->source);
@@ -743,6 +760,7 @@ out_runtime:
 		if (d.control_server)
 			http_server_close(d.control_server, on_control_closed, &d);
 		close_peer_network(&d);
+		close_signals(&d);
 		uv_run(&d.loop, UV_RUN_DEFAULT);
 	}
 	control_trust_free(d.control_trust);
