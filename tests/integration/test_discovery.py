@@ -133,20 +133,19 @@ class DiscoveryTest(unittest.TestCase):
 
     def test_service_name_conflict_renamed(self):
         m = self.mesh
-        # Two devices with the same name: Avahi's alternative name keeps
-        # both visible, and they are told apart by fingerprint.
+        # Two devices with the same name: Avahi's alternative name ("h1 #2")
+        # keeps the second one visible, told apart by fingerprint.
         m.hosts[2].name = m.hosts[1].name
         for i in (1, 2):
             m.start_host(i, mesh_extra=MESH)
-        fp2 = m.cli_json(2, "id")["fingerprint"]
-        fp1 = m.cli_json(1, "id")["fingerprint"]
-        m.wait_for(lambda: any(d.get("fingerprint") == fp2
-                               for d in peers(m, 1)["discovered"]), timeout=20,
-                   what="host 1 to discover its namesake host 2")
-        m.wait_for(lambda: any(d.get("fingerprint") == fp1
-                               for d in peers(m, 2)["discovered"]), timeout=20,
-                   what="host 2 to discover its namesake host 1")
-        self.assertIn("is taken on the LAN; using", m.log(1) + m.log(2))
+        m.wait_for(lambda: any("is taken on the LAN; using" in m.log(i) for i in (1, 2)),
+                   timeout=20, what="one namesake to take an alternative service name")
+        renamed = 1 if "is taken on the LAN; using" in m.log(1) else 2
+        other = 3 - renamed
+        fp = m.cli_json(renamed, "id")["fingerprint"]
+        m.wait_for(lambda: any(d.get("fingerprint") == fp
+                               for d in peers(m, other)["discovered"]), timeout=20,
+                   what="host %d to discover its renamed namesake" % other)
 
     def test_thermal_state_reaches_peers(self):
         m = self.mesh
