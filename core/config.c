@@ -48,6 +48,7 @@ enum key_check {
 	CHECK_LOG_LEVEL,    /* string -> int log level */
 	CHECK_PLUGIN_NAME,  /* [a-z0-9][a-z0-9_]*; aux is the file prefix */
 	CHECK_PLUGIN_NAMES, /* "" or comma-separated plugin names; aux as above */
+	CHECK_OPT_PLUGIN_NAME, /* "" (none) or one plugin name; aux as above */
 	CHECK_ABS_PATH,     /* "" or absolute */
 	CHECK_ABS_PATHS,    /* every list element absolute */
 	CHECK_NODE_NAME,    /* "" or 1..63 bytes of UTF-8 without controls */
@@ -95,6 +96,15 @@ static const key_def schema[] = {
     {"mesh.max_concurrent_peer_requests",       KT_INT,         "2",       1, 0, 0, 1024,        CHECK_NONE,        NULL,        FIELD(max_concurrent_peer_requests), 0},
     {"mesh.peer_listen",                        KT_STRING,      "0.0.0.0:47470", 0, 0, 0, 0,     CHECK_LISTEN_ADDR, NULL,        FIELD(peer_listen), 0},
     {"mesh.request_timeout_secs",               KT_INT,         "60",      1, 0, 1, 3600,        CHECK_NONE,        NULL,        FIELD(request_timeout_secs), 0},
+
+    {"api",                                     KT_GROUP,       NULL,      0, 0, 0, 0,           CHECK_NONE,        NULL,        NO_FIELD, 0},
+    {"api.enabled",                             KT_BOOL,        "true",    0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(api_enabled), 0},
+    {"api.listen",                              KT_STRING,      "127.0.0.1:11435", 0, 0, 0, 0,   CHECK_LISTEN_ADDR, NULL,        FIELD(api_listen), 0},
+    {"api.max_body_bytes",                      KT_INT,         "33554432", 1, 0, 4096, 1073741824, CHECK_NONE,     NULL,        FIELD(api_max_body_bytes), 0},
+
+    {"inference",                               KT_GROUP,       NULL,      0, 0, 0, 0,           CHECK_NONE,        NULL,        NO_FIELD, 0},
+    {"inference.backend",                       KT_STRING,      "ollama",  0, 0, 0, 0,           CHECK_OPT_PLUGIN_NAME, "backend",  FIELD(inference_backend), 0},
+    {"inference.default_model",                 KT_STRING,      "",        0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(inference_default_model), 0},
 
     {"pairing",                                 KT_GROUP,       NULL,      0, 0, 0, 0,           CHECK_NONE,        NULL,        NO_FIELD, 0},
     {"pairing.listen",                          KT_STRING,      "0.0.0.0:47471", 0, 0, 0, 0,     CHECK_LISTEN_ADDR, NULL,        FIELD(pairing_listen), 0},
@@ -373,6 +383,10 @@ static int check_string(const load_ctx *ctx, const key_def *k, const config_sett
 			               "notice, info, debug",
 			               v);
 		return 0;
+	case CHECK_OPT_PLUGIN_NAME:
+		if (!*v)
+			return 0;
+		/* fall through */
 	case CHECK_PLUGIN_NAME:
 		if (!is_plugin_name(v))
 			return fail_at(
@@ -1038,6 +1052,9 @@ void config_free(sovmesh_config *cfg)
 	free(cfg->mesh_discovery);
 	free(cfg->peer_listen);
 	free(cfg->thermal_sysfs_root);
+	free(cfg->api_listen);
+	free(cfg->inference_backend);
+	free(cfg->inference_default_model);
 	free(cfg->pairing_listen);
 	free(cfg->aggregation_method);
 	free(cfg->noise_mechanism);

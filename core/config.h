@@ -38,6 +38,15 @@ typedef struct sovmesh_config {
 	int64_t request_timeout_secs;
 	char *peer_listen;    /* mutual-TLS peer port, "host:port" */
 
+	/* api: the loopback HTTP port (front door, control mirror, page) */
+	int api_enabled;
+	char *api_listen;        /* "127.0.0.1:11435" */
+	int64_t api_max_body_bytes;
+
+	/* inference */
+	char *inference_backend;       /* backend plugin name, "" = none */
+	char *inference_default_model; /* for `sovmesh ask` without --model; "" = first listed */
+
 	/* pairing */
 	char *pairing_listen; /* TLS-SRP listener, open only while a code is outstanding */
 	int64_t pairing_code_ttl_secs;

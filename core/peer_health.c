@@ -27,12 +27,13 @@ json_t *peer_health_json(const peer_health *h)
 	double temp_c = 0;
 	if (h->prov.thermal)
 		h->prov.thermal(h->prov.ud, &hot, &has_temp, &temp_c);
-	return json_pack("{s:s,s:s,s:i,s:o,s:{s:I,s:I},s:{s:b,s:o}}", "name",
+	int accepting = h->prov.accepting ? h->prov.accepting(h->prov.ud) : 0;
+	return json_pack("{s:s,s:s,s:i,s:o,s:{s:I,s:I},s:{s:b,s:o},s:b}", "name",
 	                 h->id->node_name ? h->id->node_name : "", "fingerprint",
 	                 h->id->fingerprint_hex, "protocol", PEER_PROTOCOL_VERSION, "models",
 	                 models, "load", "in_flight", (json_int_t)in_flight, "capacity",
 	                 (json_int_t)capacity, "thermal", "hot", hot, "temp_c",
-	                 has_temp ? json_real(temp_c) : json_null());
+	                 has_temp ? json_real(temp_c) : json_null(), "accepting", accepting);
 }
 
 static void on_health(void *ud, const http_request *req, http_response *resp)

@@ -4,7 +4,10 @@
  *
  *   {"name": <node>, "fingerprint": <64 hex>, "protocol": 1,
  *    "models": [..], "load": {"in_flight": n, "capacity": n},
- *    "thermal": {"hot": false, "temp_c": null}}
+ *    "thermal": {"hot": false, "temp_c": null}, "accepting": false}
+ *
+ * "accepting": whether a peer inference request arriving now would be
+ * admitted (serve_inference on, peer and local slots free, not hot).
  *
  * What the backend and router know (models, load, temperature) comes
  * from providers the daemon sets when those parts exist; until then the
@@ -32,6 +35,7 @@ typedef struct peer_health_providers {
 	void (*load)(void *ud, int64_t *in_flight, int64_t *capacity);
 	/* *has_temp = 0 for "temp_c": null. */
 	void (*thermal)(void *ud, int *hot, int *has_temp, double *temp_c);
+	int (*accepting)(void *ud);
 } peer_health_providers;
 
 /*

@@ -50,6 +50,7 @@ typedef struct peer_state {
 	size_t n_models;
 	int64_t in_flight, capacity;
 	int hot, has_temp;
+	int accepting; /* takes peer inference requests now */
 	double temp_c;
 	int64_t last_seen;
 	char addr[HOSTPORT_TEXT_MAX]; /* the address that answered last */
@@ -385,6 +386,9 @@ static int apply_health(peer_state *ps, const char *body, size_t len)
 	}
 	json_t *th = json_object_get(root, "thermal");
 	ps->hot = json_is_true(json_object_get(th, "hot"));
+	/* Absent in answers of nodes that do not serve inference at all. */
+	json_t *acc = json_object_get(root, "accepting");
+	ps->accepting = json_is_boolean(acc) ? json_is_true(acc) : 0;
 	json_t *temp = json_object_get(th, "temp_c");
 	ps->has_temp = json_is_number(temp) && isfinite(json_number_value(temp)) &&
 	               fabs(json_number_value(temp)) < 1000;
@@ -796,6 +800,7 @@ static void fill_info(const peer_table *t, const trusted_peer *p, peer_info *out
 	out->in_flight = ps ? ps->in_flight : -1;
 	out->capacity = ps ? ps->capacity : -1;
 	out->hot = ps ? ps->hot : 0;
+	out->accepting = ps ? ps->accepting : 0;
 	out->has_temp = ps ? ps->has_temp : 0;
 	out->temp_c = ps ? ps->temp_c : 0;
 	out->last_seen = ps ? ps->last_seen : 0;
@@ -866,13 +871,13 @@ static json_t *paired_json(const peer_info *pi)
 	                                  pi->has_temp ? json_real(pi->temp_c) : json_null())
 	                      : json_null();
 	return json_pack(
-	    "{s:s,s:s,s:s,s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:o}", "name", pi->name, "fingerprint",
+	    "{s:s,s:s,s:s,s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:b}", "name", pi->name, "fingerprint",
 	    pi->fingerprint_hex, "short_fingerprint", short_fp, "address", str_or_null(pi->address),
 	    "status", pi->status == PEER_CONNECTED ? "connected" : "offline", "latency_ms",
 	    pi->latency_ms >= 0 ? json_real(round(pi->latency_ms * 10) / 10) : json_null(),
 	    "models", models ? models : json_array(), "load", load, "thermal", thermal, "last_seen",
 	    pi->last_seen ? json_integer(pi->last_seen) : json_null(), "last_sync",
-	    pi->last_sync ? json_integer(pi->last_sync) : json_null());
+	    pi->last_sync ? json_integer(pi->last_sync) : json_null(), "accepting", pi->accepting);
 }
 
 static void pairing_address(const disc_entry *e, char out[HOSTPORT_TEXT_MAX])

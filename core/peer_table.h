@@ -71,6 +71,7 @@ typedef struct peer_info {
 	size_t n_models;
 	int64_t in_flight, capacity; /* -1: unknown */
 	int hot;
+	int accepting; /* its health answer says it takes peer requests now */
 	int has_temp;
 	double temp_c;
 	int64_t last_seen; /* Unix seconds of the last good check, 0 = never */
@@ -129,7 +130,8 @@ int peer_table_lookup(const peer_table *t, const char *fingerprint_hex, peer_inf
  *                "status": "connected"|"offline", "latency_ms": n|null,
  *                "models": [..], "load": {"in_flight", "capacity"}|null,
  *                "thermal": {"hot", "temp_c": n|null}|null,
- *                "last_seen": n|null, "last_sync": n|null}],
+ *                "last_seen": n|null, "last_sync": n|null,
+ *                "accepting": bool}],
  *    "discovered": [{"name"|null, "fingerprint"|null, "address", "source",
  *                    "pairing_open": bool, "pairing_address": "h:p"|null}]}
  * "discovered" lists devices that are neither paired nor this node.
