@@ -243,8 +243,9 @@ local_call *local_backend_generate(local_backend *lb, local_origin origin,
 	    .on_chunk = on_gen_chunk,
 	    .on_done = on_gen_done,
 	};
-	/* Counted (and linked) before the plugin runs, so the count is
-	 * right even for a plugin that answers at once. */
+	/* Counted (and linked) before the plugin runs.  Plugins never call
+	 * back from inside the slot (backend.h), so `c` is still ours when
+	 * generate() returns. */
 	c->next = lb->calls;
 	if (lb->calls)
 		lb->calls->prev = c;

@@ -66,7 +66,8 @@ typedef struct peer_infer_callbacks {
 	 * Exactly once, last (unless cancelled).  code 0, or
 	 *   -EBUSY (503), -EPERM (403, or the peer is no longer trusted),
 	 *   -ENOENT (404), -EALREADY (409), -ECONNREFUSED, -ETIMEDOUT,
-	 *   -EPROTO (error trailer, or a stream cut / not authentic), -EIO.
+	 *   -EPROTO (error trailer, or a stream cut / not authentic),
+	 *   -EIO (400, 421, 502, any other status, or closed before a status).
 	 * `message` one line for the log, valid during the call.
 	 */
 	void (*on_done)(void *ud, int code, const char *message);
@@ -83,7 +84,9 @@ typedef struct peer_infer_callbacks {
 peer_infer_call *peer_infer_start(peer_client *pc, const peer_infer_target *t,
                                   const infer_request *req, unsigned timeout_ms,
                                   const peer_infer_callbacks *cbs, void *ud, sovmesh_error *err);
-/* Cancel (no callback follows); NULL is a no-op. */
+/* Cancel (no callback follows); NULL is a no-op.  Allowed inside the
+ * call's callbacks.  Cancel or finish every call before
+ * peer_client_free(). */
 void peer_infer_cancel(peer_infer_call *call);
 
 /* ---- serving side ---- */
@@ -94,7 +97,7 @@ typedef struct peer_infer_server_options {
 	const identity *id; /* gateway key = id->x25519_private; not owned */
 	local_backend *lb;  /* not owned */
 	int serve_inference;
-	uint32_t max_concurrent; /* mesh.max_concurrent_peer_requests */
+	uint32_t max_concurrent; /* mesh.max_concurrent_peer_requests; 0 refuses all */
 	/* Is this node hot now?  May be NULL (never). */
 	int (*is_hot)(void *ud);
 	void *ud;

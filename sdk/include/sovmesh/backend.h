@@ -9,7 +9,9 @@
  * backend for another engine translates.  All calls are asynchronous on
  * the loop thread: a slot starts the work and returns a call handle; the
  * callback fires exactly once at the end (chunks before it), unless the
- * call was cancelled, after which nothing fires.
+ * call was cancelled, after which nothing fires.  Callbacks never run
+ * inside the slot that started the call (even an immediate failure is
+ * reported on a later loop turn), so the caller may keep the handle.
  */
 #ifndef SOVMESH_BACKEND_H
 #define SOVMESH_BACKEND_H
