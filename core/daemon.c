@@ -20,6 +20,7 @@
 #include "host.h"
 #include "http_server.h"
 #include "identity.h"
+#include "inference_service.h"
 #include "log.h"
 #include "peer_client.h"
 #include "peer_health.h"
@@ -60,6 +61,7 @@ typedef struct daemon_state {
 	peer_health *health;
 	peer_table *ptable;
 	discovery_host *disc;
+	inference_service *inf;
 	uv_signal_t sig_int, sig_term, sig_hup;
 	uint64_t started_ms;
 	int stopping;
@@ -90,6 +92,8 @@ static void plan_add(plugin_choice *out, size_t *n, uint32_t kind, const char *n
 static size_t plan_plugins(const sovmesh_config *cfg, plugin_choice *out)
 {
 	size_t n = 0;
+	if (cfg->inference_backend[0])
+		plan_add(out, &n, SOVMESH_KIND_BACKEND, cfg->inference_backend, "inference.backend");
 	if (cfg->mesh_enabled) {
 		char buf[512];
 		snprintf(buf, sizeof(buf), "%s", cfg->mesh_discovery);
@@ -304,6 +308,8 @@ static int handle_status(void *ud, const control_request *req, json_t **reply, i
 	json_object_set_new(*reply, "thermal",
 	                    json_pack("{s:b, s:b, s:o}", "hot", ts.hot, "throttled", ts.throttled,
 	                              "temp_c", ts.has_temp ? json_real(ts.temp_c) : json_null()));
+	if (d->inf)
+		json_object_set_new(*reply, "inference", inference_service_status(d->inf));
 	*status = 200;
 	return 0;
 }
@@ -321,14 +327,20 @@ static void on_control_closed(void *ud)
 static void on_peer_port_closed(void *ud)
 {
 	daemon_state *d = ud;
+	/* The serving side's pending answers are cancelled by now. */
+	inference_service_free(d->inf);
+	d->inf = NULL;
 	peer_health_free(d->health);
 	d->health = NULL;
 }
 
 static void close_peer_network(daemon_state *d)
 {
-	/* Discovery first (it reports into the table), then the table (it
-	 * calls through the client), then the port and the client. */
+	/* Inference first (it calls peers through the client and the
+	 * table), then discovery (it reports into the table), then the
+	 * table (it calls through the client), then the port and the
+	 * client. */
+	inference_service_stop(d->inf);
 	discovery_host_free(d->disc);
 	d->disc = NULL;
 	if (d->ptable) {
@@ -338,7 +350,9 @@ static void close_peer_network(daemon_state *d)
 	}
 	if (d->peer_port)
 		peer_transport_close(d->peer_port, on_peer_port_closed, d);
-	else if (d->health) {
+	else if (d->health || d->inf) {
+		inference_service_free(d->inf);
+		d->inf = NULL;
 		peer_health_free(d->health);
 		d->health = NULL;
 	}
@@ -402,11 +416,13 @@ static void reload(daemon_state *d)
 	report_change("node.plugin_path", path_changed);
 	report_change("mesh.enabled", cur->mesh_enabled != next->mesh_enabled);
 	report_change("mesh.discovery", str_changed(cur->mesh_discovery, next->mesh_discovery));
-	report_change("mesh.serve_inference", cur->serve_inference != next->serve_inference);
-	report_change("mesh.max_concurrent_peer_requests",
-	              cur->max_concurrent_peer_requests != next->max_concurrent_peer_requests);
-	report_change("mesh.request_timeout_secs",
-	              cur->request_timeout_secs != next->request_timeout_secs);
+	report_change("api.enabled", cur->api_enabled != next->api_enabled);
+	report_change("api.listen", str_changed(cur->api_listen, next->api_listen));
+	report_change("api.max_body_bytes", cur->api_max_body_bytes != next->api_max_body_bytes);
+	report_change("inference.backend",
+	              str_changed(cur->inference_backend, next->inference_backend));
+	report_change("inference.default_model",
+	              str_changed(cur->inference_default_model, next->inference_default_model));
 	report_change("mesh.peer_listen", str_changed(cur->peer_listen, next->peer_listen));
 	report_change("pairing.listen", str_changed(cur->pairing_listen, next->pairing_listen));
 	report_change("pairing.code_ttl_secs",
@@ -450,8 +466,17 @@ static void reload(daemon_state *d)
 		}
 		plugin_settings_free(ps);
 	}
-	/* Keep the running values (what is in effect) but the new log level. */
+	/* Applied at once: the log level and mesh inference's limits.  The
+	 * running config keeps those new values and the old everything else. */
+	inference_service_reload(d->inf, next);
 	cur->log_level = next->log_level;
+	cur->serve_inference = next->serve_inference;
+	cur->max_concurrent_peer_requests = next->max_concurrent_peer_requests;
+	cur->request_timeout_secs = next->request_timeout_secs;
+	cur->thermal_limit_c = next->thermal_limit_c;
+	char *root = next->thermal_sysfs_root;
+	next->thermal_sysfs_root = cur->thermal_sysfs_root;
+	cur->thermal_sysfs_root = root;
 	config_free(next);
 	log_notice("reload: configuration %s re-read",
 	           d->config_path ? d->config_path : "<embedded default>");
@@ -587,6 +612,25 @@ static int start_peer_network(daemon_state *d, sovmesh_error *err)
 	    .ud = d,
 	};
 	r = control_pairing_new(&d->loop, d->control, &pctx, &d->control_pairing, err);
+	if (r < 0)
+		return r;
+	plugin_instance *backend = NULL;
+	for (size_t i = 0; i < d->n_plugins; i++)
+		if (d->plugins[i]->plugin->kind == SOVMESH_KIND_BACKEND)
+			backend = d->plugins[i];
+	inference_service_ctx ictx = {
+	    .loop = &d->loop,
+	    .cfg = d->cfg,
+	    .backend = backend,
+	    .id = d->id,
+	    .trust = d->trust,
+	    .pc = d->cfg->mesh_enabled ? d->peers : NULL,
+	    .ptable = d->cfg->mesh_enabled ? d->ptable : NULL,
+	    .peer_port = d->cfg->mesh_enabled ? d->peer_port : NULL,
+	    .health = d->health,
+	    .control = d->control,
+	};
+	r = inference_service_start(&ictx, &d->inf, err);
 	if (r < 0)
 		return r;
 	log_info("node '%s' fingerprint %s (%s); %zu paired peer%s", d->id->node_name,
@@ -765,6 +809,10 @@ out_runtime:
 	}
 	control_trust_free(d.control_trust);
 	control_pairing_free(d.control_pairing);
+	/* Normally freed when the peer port closed; a failed start may
+	 * leave it.  Before the plugins: it calls the backend. */
+	inference_service_free(d.inf);
+	d.inf = NULL;
 	free_plugins(&d);
 	host_runtime_free(d.rt);
 out_plugins:

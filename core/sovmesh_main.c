@@ -31,6 +31,7 @@ static const char usage_text[] =
     "                         pair with the device that shows CODE\n"
     "  pair uri URI           pair from a sovmesh://pair?... link\n"
     "  pair scan IMAGE        pair from a photo or screenshot of the QR code\n"
+    "  ask [--model M] TEXT   ask the mesh (local backend, else a paired peer)\n"
     "\n"
     "Offline research tools (no daemon needed):\n"
     "  fl aggregate --method NAME [--param K=V ...] --out OUT IN[:WEIGHT] ...\n"
@@ -48,6 +49,37 @@ static const char usage_text[] =
     "\n"
     "IN and OUT are .safetensors files or PEFT adapter directories.\n"
     "See docs/user-guide.md and docs/research-guide.md.\n";
+
+static long long jint(json_t *o, const char *k)
+{
+	return (long long)json_integer_value(json_object_get(o, k));
+}
+
+/* The mesh inference part of `sovmesh status`. */
+static void print_inference(json_t *inf)
+{
+	if (!inf)
+		return;
+	json_t *models = json_object_get(inf, "models");
+	printf("backend:     %s, %lld/%lld slots busy, %zu model%s\n",
+	       json_is_string(json_object_get(inf, "backend")) ? cli_str(inf, "backend") : "none",
+	       jint(inf, "in_flight"), jint(inf, "slots"), json_array_size(models),
+	       json_array_size(models) == 1 ? "" : "s");
+	if (json_is_string(json_object_get(inf, "api")))
+		printf("api:         http://%s/ (Ollama-compatible)\n", cli_str(inf, "api"));
+	json_t *r = json_object_get(inf, "router");
+	json_t *a = json_object_get(r, "answered");
+	printf("answers:     %lld local, %lld peer, %lld cache, %lld template; %lld failed, "
+	       "%lld fallbacks, %lld in flight\n",
+	       jint(a, "local"), jint(a, "peer"), jint(a, "cache"), jint(a, "template"),
+	       jint(r, "failed"), jint(r, "fallbacks"), jint(r, "in_flight"));
+	json_t *s = json_object_get(inf, "serving");
+	printf("serving:     %s, %lld/%lld peer requests open; %lld served, %lld refused busy, "
+	       "%lld refused off, %lld failed\n",
+	       json_is_true(json_object_get(s, "enabled")) ? "on" : "off", jint(s, "active"),
+	       jint(s, "max_concurrent"), jint(s, "served"), jint(s, "refused_busy"),
+	       jint(s, "refused_off"), jint(s, "failed"));
+}
 
 static int cmd_status(const cli *c)
 {
@@ -82,6 +114,7 @@ static int cmd_status(const cli *c)
 			       json_is_true(json_object_get(th, "hot")) ? " (throttled)" : "");
 		printf("plugins:     %zu loaded\n",
 		       (size_t)json_integer_value(json_object_get(reply, "plugins_loaded")));
+		print_inference(json_object_get(reply, "inference"));
 	}
 	json_decref(reply);
 	return 0;
@@ -178,6 +211,8 @@ int main(int argc, char **argv)
 		return cli_cmd_pair(&c, sub_argc, sub_argv);
 	if (strcmp(cmd, "fl") == 0)
 		return cli_cmd_fl(&c, sub_argc, sub_argv);
+	if (strcmp(cmd, "ask") == 0)
+		return cli_cmd_ask(&c, sub_argc, sub_argv);
 	if (strcmp(cmd, "help") == 0) {
 		fputs(usage_text, stdout);
 		return 0;

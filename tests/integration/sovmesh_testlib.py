@@ -51,6 +51,9 @@ def write_config(path, state_dir, extra="", fl=True, plugin_path=None):
     # starts a daemon with that file.)
     if "mesh = {" not in extra:
         extra = 'mesh = { peer_listen = "127.0.0.1:0"; };\n' + extra
+    # The front door too (its default 11435 would collide between daemons).
+    if "api = {" not in extra:
+        extra = 'api = { listen = "127.0.0.1:0"; };\n' + extra
     text = """
 node = {
   name = "test-node";
