@@ -355,8 +355,9 @@ int inference_service_start(const inference_service_ctx *ctx, inference_service 
 			hp.port = (uint16_t)front_door_port(s->door);
 			hostport_format(&hp, s->api_address, sizeof(s->api_address));
 		}
-		log_info("Ollama-compatible API on http://%s/ (backend %s)", s->api_address,
-		         ctx->backend ? ctx->backend->plugin->label : "none: peers only");
+		if (!ctx->backend)
+			log_notice("no local backend (inference.backend = \"\"): every "
+			           "question goes to peers");
 	}
 	return 0;
 }

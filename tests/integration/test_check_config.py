@@ -20,7 +20,8 @@ class CheckConfigTest(DaemonTestCase):
     def test_valid_and_default(self):
         r = self.check(self.conf())
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("configuration OK (3 plugins checked)", r.stdout)
+        # backend-ollama, discovery-mdns, agg-fedavg, dp-laplace
+        self.assertIn("configuration OK (4 plugins checked)", r.stdout)
         r = run([SOVMESHD, "--check-config"], env={"SOVMESH_STATE_DIR": self.dir})
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("<embedded default>: configuration OK", r.stdout)
@@ -84,13 +85,25 @@ class CheckConfigTest(DaemonTestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn(p, r.stderr)
 
-    def test_fl_disabled_loads_only_discovery(self):
+    def test_fl_disabled_loads_only_backend_and_discovery(self):
         r = self.check(self.conf(fl=False))
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("1 plugin checked", r.stdout)
+        self.assertIn("2 plugins checked", r.stdout)
         r = self.check(self.conf('mesh = { discovery = ""; };', fl=False))
         self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("1 plugin checked", r.stdout)
+        r = self.check(self.conf('mesh = { discovery = ""; };\ninference = { backend = ""; };',
+                                 fl=False))
+        self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("0 plugins checked", r.stdout)
+
+    def test_backend_is_one_plugin_name(self):
+        r = self.check(self.conf('inference = { backend = "ollama, other"; };'))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("inference.backend", r.stderr)
+        r = self.check(self.conf('inference = { backend = "nosuch"; };'))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("backend-nosuch", r.stderr)
 
 
 if __name__ == "__main__":

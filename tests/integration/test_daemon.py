@@ -60,12 +60,13 @@ class DaemonTest(DaemonTestCase):
         self.assertEqual(st["node_name"], "test-node")
         self.assertEqual(st["pid"], d.proc.pid)
         self.assertEqual(st["state_dir"], state)
-        self.assertEqual(st["plugins_loaded"], 3)
+        self.assertEqual(st["plugins_loaded"], 4)  # ollama, mdns, fedavg, laplace
 
         r = self.cli(sock, "plugins", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
         plugins = {p["label"]: p for p in json.loads(r.stdout)["plugins"]}
-        self.assertEqual(sorted(plugins), ["agg-fedavg", "discovery-mdns", "dp-laplace"])
+        self.assertEqual(sorted(plugins), ["agg-fedavg", "backend-ollama", "discovery-mdns",
+                                           "dp-laplace"])
         self.assertEqual(plugins["agg-fedavg"]["kind"], "aggregator")
         self.assertEqual(plugins["agg-fedavg"]["abi"], "1.0")
         self.assertTrue(plugins["dp-laplace"]["file"].endswith("dp-laplace.so"))
@@ -96,15 +97,19 @@ class DaemonTest(DaemonTestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         st = json.loads(r.stdout)
         self.assertEqual(st["config"], "<embedded default>")
-        self.assertEqual(st["plugins_loaded"], 3)  # mdns, fedavg, laplace
+        self.assertEqual(st["plugins_loaded"], 4)  # ollama, mdns, fedavg, laplace
         self.assertEqual(d.stop(), 0, d.log())
 
     def test_sighup_reload(self):
         conf, state, sock = self.configured()
         d = self.start(["-c", conf])
         d.wait_for_socket(sock)
-        # Log level applies at once; other keys need a restart and say so.
-        write_config(conf, state, 'mesh = { request_timeout_secs = 5; };')
+        # Log level and the mesh-inference limits apply at once; other keys
+        # need a restart and say so.
+        write_config(conf, state,
+                     'mesh = { peer_listen = "127.0.0.1:0"; request_timeout_secs = 5; '
+                     'max_concurrent_peer_requests = 7; };\n'
+                     'api = { listen = "127.0.0.1:0"; max_body_bytes = 8192; };')
         with open(conf) as f:
             text = f.read().replace('log_level = "info"', 'log_level = "debug"')
         with open(conf, "w") as f:
@@ -112,9 +117,14 @@ class DaemonTest(DaemonTestCase):
         d.send_signal(signal.SIGHUP)
         self.assertTrue(d.wait_for_log("log level is now debug"), d.log())
         self.assertTrue(d.wait_for_log(
-            "mesh.request_timeout_secs changed; restart sovmeshd to apply it"), d.log())
+            "api.max_body_bytes changed; restart sovmeshd to apply it"), d.log())
+        self.assertTrue(d.wait_for_log("max_concurrent_peer_requests 7, "
+                                       "request_timeout_secs 5"), d.log())
+        self.assertNotIn("request_timeout_secs changed", d.log())
         r = self.cli(sock, "--json", "status")
-        self.assertEqual(json.loads(r.stdout)["log_level"], "debug")
+        st = json.loads(r.stdout)
+        self.assertEqual(st["log_level"], "debug")
+        self.assertEqual(st["inference"]["serving"]["max_concurrent"], 7)
 
         # A broken config on reload is refused; the daemon keeps serving.
         with open(conf, "a") as f:

@@ -43,8 +43,9 @@ class Node:
 node = { name = "%s"; state_dir = "%s"; };
 mesh = { peer_listen = "%s:%d"; };
 pairing = { listen = "%s:%d"; code_ttl_secs = %d; max_attempts = %d; };
+api = { listen = "%s:0"; };
 federated_learning = { enabled = false; };
-""" % (name, self.state, host, self.peer_port, host, self.pair_port, ttl, attempts))
+""" % (name, self.state, host, self.peer_port, host, self.pair_port, ttl, attempts, host))
         self.daemon = None
 
     def start(self):
