@@ -984,6 +984,11 @@ static void on_connection(uv_stream_t *listener, int status)
 		conn_close(conn);
 		return;
 	}
+	/* Headers and each chunk go out as separate small writes; without
+	 * this, Nagle holds the second one for the client's delayed ACK
+	 * (~40 ms per answer). */
+	if (!srv->is_unix)
+		uv_tcp_nodelay(&conn->h.tcp, 1);
 	conn_fill_peer(conn);
 	if (srv->tls) {
 		tls_stream_config tc = {

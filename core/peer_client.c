@@ -501,6 +501,7 @@ static int conn_start(peer_client *pc, peer_call *call)
 	memcpy(c->host, call->host, sizeof(c->host));
 	c->port = call->port;
 	uv_tcp_init(pc->loop, &c->tcp);
+	uv_tcp_nodelay(&c->tcp, 1); /* small request writes: no Nagle delay */
 	uv_timer_init(pc->loop, &c->timer);
 	c->tcp.data = c;
 	c->timer.data = c;
