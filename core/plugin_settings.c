@@ -68,9 +68,13 @@ static const char *fmt_num(char *buf, size_t len, double v)
 static void range_text(const sovmesh_setting_def *d, char *buf, size_t len)
 {
 	char lo[40], hi[40];
-	if (bounded(d))
-		snprintf(buf, len, "must be %s in [%s, %s]", type_word(d->type),
-		         fmt_num(lo, sizeof(lo), d->min), fmt_num(hi, sizeof(hi), d->max));
+	/* A cut message is still a message: the return value is checked
+	 * only to say that truncation is accepted here. */
+	if (bounded(d)) {
+		if (snprintf(buf, len, "must be %s in [%s, %s]", type_word(d->type),
+		             fmt_num(lo, sizeof(lo), d->min), fmt_num(hi, sizeof(hi), d->max)) < 0)
+			buf[0] = '\0';
+	}
 	else if (d->type == SOVMESH_SETTING_DOUBLE)
 		snprintf(buf, len, "must be a finite number");
 	else

@@ -171,7 +171,9 @@ static void append_why(router_job *j, const char *fmt, const char *a, const char
 		return;
 	if (n)
 		n += (size_t)snprintf(j->why + n, sizeof(j->why) - n, "; ");
-	snprintf(j->why + n, sizeof(j->why) - n, fmt, a, b);
+	/* Reasons past the buffer are dropped: the first ones matter most. */
+	if (snprintf(j->why + n, sizeof(j->why) - n, fmt, a, b) < 0)
+		j->why[n] = '\0';
 }
 
 static void on_job_timer_closed(uv_handle_t *h)

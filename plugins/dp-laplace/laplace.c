@@ -136,7 +136,7 @@ static void fill_cost(const sovmesh_noise_params *p, double sens, sovmesh_privac
 static int laplace_cost(void *instance, const sovmesh_noise_params *params,
                         sovmesh_privacy_cost *cost, sovmesh_error *err)
 {
-	double sens;
+	double sens = 0;
 	int rc = check_params(instance, params, &sens, err);
 	if (rc < 0)
 		return rc;
