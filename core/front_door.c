@@ -940,10 +940,13 @@ static void embed_answer(fd_pass *p, http_response *resp, const float *v, size_t
 		}
 		sb_str(&b, "]}");
 	}
-	if (b.oom)
+	if (b.oom) {
 		http_response_send_error(resp, 500, "out of memory");
-	else
+	} else {
+		/* Embeddings never leave the device: always the local backend. */
+		http_response_add_header(resp, "X-Sovmesh-Source", "local");
 		http_response_send(resp, 200, "application/json", b.p, b.len);
+	}
 	free(b.p);
 }
 

@@ -1183,6 +1183,7 @@ static void embed_and_legacy_embeddings(void **state)
 	run_client(f, client_embed);
 	reply *r = &f->rep[0];
 	assert_int_equal(r->status, 200);
+	assert_true(has_header(r, "X-Sovmesh-Source: local"));
 	json_t *j = body_json(r);
 	assert_string_equal(json_string_value(json_object_get(j, "model")), "e1");
 	json_t *e = json_object_get(j, "embeddings");
