@@ -17,6 +17,7 @@ PACKAGES=(
   libcurl4-gnutls-dev libcmocka-dev node-llhttp
   libqrencode-dev libzbar-dev libpng-dev libjpeg-dev gnutls-bin curl
   libavahi-client-dev avahi-daemon avahi-utils dbus iproute2 util-linux
+  nodejs npm
 )
 
 as_root() {
@@ -69,6 +70,14 @@ cmd_test() {
   install_packages
   local main=${BUILD_DIR:-build} asan=${ASAN_BUILD_DIR:-build-asan}
   local total_pass=0 total_fail=0 p f
+
+  # The ollama npm client for test_ollama_client (versions pinned in
+  # tests/js/package-lock.json); if this fails, that test says why.
+  if [ ! -d tests/js/node_modules ]; then
+    echo "== npm ci (tests/js)"
+    (cd tests/js && npm ci --no-audit --no-fund --silent) ||
+      echo "warning: npm ci in tests/js failed; test_ollama_client will retry it" >&2
+  fi
 
   echo "== build ($main, gcc, warnings as errors)"
   build "$main"
