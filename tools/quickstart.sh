@@ -17,8 +17,11 @@ PACKAGES=(
   libcurl4-gnutls-dev libcmocka-dev node-llhttp
   libqrencode-dev libzbar-dev libpng-dev libjpeg-dev gnutls-bin curl
   libavahi-client-dev avahi-daemon avahi-utils dbus iproute2 util-linux
-  nodejs npm
 )
+# Node.js for the ollama JS client test: Debian's nodejs and npm, unless a
+# node with npm is already there (e.g. NodeSource's nodejs, which bundles
+# npm and conflicts with Debian's npm package).
+NODE_PACKAGES=(nodejs npm)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -26,8 +29,11 @@ as_root() {
 
 install_packages() {
   [ "${SOVMESH_SKIP_APT:-0}" = 1 ] && return 0
-  local missing=()
-  for p in "${PACKAGES[@]}"; do
+  local missing=() wanted=("${PACKAGES[@]}")
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    wanted+=("${NODE_PACKAGES[@]}")
+  fi
+  for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
