@@ -69,6 +69,7 @@ static void add_live_status(control_trust *ct, const trusted_peer *p, json_t *j)
 	                    json_pack("{s:b, s:o}", "hot", info.hot, "temp_c",
 	                              info.has_temp ? json_real(info.temp_c) : json_null()));
 	json_object_set_new(j, "last_seen", json_integer(info.last_seen));
+	json_object_set_new(j, "accepting", json_boolean(info.accepting));
 }
 
 static int handle_peers(void *ud, const control_request *req, json_t **reply, int *status)

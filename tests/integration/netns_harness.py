@@ -28,11 +28,13 @@ the namespaces is killed, and the namespaces are deleted. Namespaces
 Mesh is created.
 """
 import atexit
+import ctypes
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,7 +43,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sovmesh_testlib import SOVMESH, SOVMESHD  # noqa: E402
+from sovmesh_testlib import SOURCE_ROOT, SOVMESH, SOVMESHD  # noqa: E402
+
+OLLAMA_STANDIN = os.path.join(SOURCE_ROOT, "tests", "fixtures", "ollama_standin.py")
 
 PREFIX = "sovt-"
 SUBNET = "10.231.1"
@@ -197,6 +201,40 @@ def wait_for(condition, timeout=DEFAULT_TIMEOUT, what="condition", interval=0.1,
     raise AssertionError(msg)
 
 
+_CLONE_NEWNET = 0x40000000
+_libc = None
+
+
+def socket_in_netns(ns, family=socket.AF_INET, type=socket.SOCK_STREAM):
+    """A socket created inside the named network namespace `ns` (it keeps
+    living there), while this process stays where it is: only the calling
+    thread visits `ns`, with setns(2), and comes straight back."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open("/run/netns/" + ns, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        os.close(own)
+        raise HarnessError("network namespace %s: %s" % (ns, e.strerror)) from None
+    try:
+        if _libc.setns(target, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise HarnessError("setns(%s): %s" % (ns, os.strerror(err)))
+        try:
+            return socket.socket(family, type)
+        finally:
+            if _libc.setns(own, _CLONE_NEWNET) != 0:
+                # This thread would go on in the wrong namespace: stop here.
+                err = ctypes.get_errno()
+                os.write(2, b"netns_harness: cannot return to own network namespace\n")
+                os._exit(70 if err else 71)
+    finally:
+        os.close(target)
+        os.close(own)
+
+
 def _read(path):
     try:
         with open(path, errors="replace") as f:
@@ -309,6 +347,7 @@ class Host:
         self.dbus = None
         self.avahi = None
         self.sovmeshd = None
+        self.ballast = None  # shape_link(backlog=True)
         self.extra_procs = []
         os.makedirs(self.dir, exist_ok=True)
 
@@ -723,6 +762,78 @@ federated_learning = { enabled = false; };
     def wait_for(self, condition, timeout=None, what="condition"):
         """wait_for() with every host's sovmeshd log in the failure message."""
         return wait_for(condition, timeout or self.timeout, what, describe=self.logs)
+
+    def connect(self, i, ip, port, timeout=10.0):
+        """A TCP socket connected from inside host i to ip:port (e.g. the
+        host's own loopback, where its sovmeshd's front door and its
+        stand-in listen), usable from this process; raises OSError."""
+        self._check_up()
+        s = socket_in_netns(self.hosts[i].ns, socket.AF_INET6 if ":" in ip
+                            else socket.AF_INET)
+        try:
+            s.settimeout(timeout)
+            s.connect((ip, port))
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    def start_standin(self, i, args=(), listen="127.0.0.1:11434", name="ollama-standin"):
+        """Start tests/fixtures/ollama_standin.py inside host i (listening on
+        `listen` there, default Ollama's port on the host's loopback); wait
+        for its "LISTENING" line. Returns the process (stop() it, or
+        teardown does)."""
+        self._check_up()
+        h = self.hosts[i]
+        log_path = os.path.join(h.dir, "%s.log" % name)
+        start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        p = self.spawn(i, [sys.executable, OLLAMA_STANDIN, "--listen", listen] + list(args),
+                       name=name)
+
+        def listening():
+            if not p.alive():
+                raise HarnessError("%s on %s exited: %s" % (name, h.name, p.log()[start:]))
+            return "LISTENING " in _read(log_path)[start:]
+        self._wait_setup(listening, "%s on %s to listen on %s" % (name, h.name, listen))
+        return p
+
+    def shape_link(self, i, rate="64kbit", burst="1600", latency="2s", backlog=True):
+        """Slow host i's outgoing traffic down: a tbf qdisc as the root of
+        its veth (inside its namespace). Raises HarnessError, naming the
+        cause, when tbf cannot be added (e.g. the kernel lacks sch_tbf).
+
+        tbf alone delays nothing that stays under `rate`: a sparse exchange
+        (a health check) always finds tokens in the bucket. With backlog=True
+        a "ballast" process in host i also keeps a few 1000-byte UDP
+        datagrams (to the subnet's broadcast address, discard port) queued
+        in the qdisc, so every packet leaving waits behind them (about
+        0.5 s at 64kbit). Its small socket buffer holds the sender back, so
+        the queue never overflows and nothing else is dropped."""
+        self._check_up()
+        h = self.hosts[i]
+        _sh(["ip", "netns", "exec", h.ns, "tc", "qdisc", "replace", "dev", h.ifname, "root",
+             "tbf", "rate", rate, "burst", burst, "latency", latency])
+        if backlog and not (h.ballast is not None and h.ballast.alive()):
+            code = ("import socket\n"
+                    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                    "s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)\n"
+                    "s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)\n"
+                    "while True:\n"
+                    "    s.sendto(b'b' * 1000, (%r, 9))\n") % (SUBNET + ".255")
+            h.ballast = self.spawn(i, [sys.executable, "-c", code], name="ballast")
+
+    def unshape_link(self, i):
+        """Undo shape_link(): stop the ballast, remove the tbf qdisc (a
+        no-op when neither is there)."""
+        self._check_up()
+        h = self.hosts[i]
+        if h.ballast is not None:
+            h.ballast.stop(signal.SIGKILL, timeout=10)
+            h.ballast = None
+        r = _sh(["ip", "netns", "exec", h.ns, "tc", "qdisc", "show", "dev", h.ifname],
+                check=False)
+        if "qdisc tbf " in r.stdout:
+            _sh(["ip", "netns", "exec", h.ns, "tc", "qdisc", "del", "dev", h.ifname, "root"])
 
     def tcp_connect(self, i, ip, port, timeout=5):
         """From inside host i: can a TCP connection to ip:port be opened?
