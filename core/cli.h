@@ -45,6 +45,7 @@ const char *cli_str(json_t *obj, const char *key);
 
 int cli_cmd_fl(const cli *c, int argc, char **argv);
 int cli_cmd_ask(const cli *c, int argc, char **argv);
+int cli_cmd_cache(const cli *c, int argc, char **argv);
 int cli_cmd_id(const cli *c, int argc, char **argv);
 int cli_cmd_peers(const cli *c, int argc, char **argv);
 int cli_cmd_pair(const cli *c, int argc, char **argv);

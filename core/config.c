@@ -72,6 +72,19 @@ typedef struct key_def {
 	size_t len_field; /* lists: offset of the size_t length */
 } key_def;
 
+/* Thresholds picked on tests/data/paraphrase_pairs.tsv (docs/cache-thresholds.md;
+ * tests/unit/test_cache_thresholds.c checks the built-in ones). */
+#define CACHE_HIT_DEFAULT        "0.83"
+#define CACHE_NEAR_DEFAULT       "0.43"
+#define CACHE_MODEL_HIT_DEFAULT  "0.92"
+#define CACHE_MODEL_NEAR_DEFAULT "0.75"
+#define TEMPLATE_TEXT_DEFAULT                                                              \
+	"I'm currently limited: neither this device's model nor any paired device can " \
+	"answer right now. Please try again in a few minutes."
+#define TEMPLATE_NEAR_DEFAULT                                                              \
+	"I'm currently limited, but here's what I know from an earlier answer to a "    \
+	"similar question ({question}): {answer}"
+
 /* Every key; docs/configuration.md describes each one and
  * config_default.conf must agree with the defaults (test_config.c). */
 // clang-format off
@@ -105,6 +118,20 @@ static const key_def schema[] = {
     {"inference",                               KT_GROUP,       NULL,      0, 0, 0, 0,           CHECK_NONE,        NULL,        NO_FIELD, 0},
     {"inference.backend",                       KT_STRING,      "ollama",  0, 0, 0, 0,           CHECK_OPT_PLUGIN_NAME, "backend",  FIELD(inference_backend), 0},
     {"inference.default_model",                 KT_STRING,      "",        0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(inference_default_model), 0},
+
+    {"cache",                                   KT_GROUP,       NULL,      0, 0, 0, 0,           CHECK_NONE,        NULL,        NO_FIELD, 0},
+    {"cache.enabled",                           KT_BOOL,        "true",    0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(cache_enabled), 0},
+    {"cache.plugin",                            KT_STRING,      "semantic", 0, 0, 0, 0,          CHECK_OPT_PLUGIN_NAME, "cache", FIELD(cache_plugin), 0},
+    {"cache.embedding_model",                   KT_STRING,      "",        0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(cache_embedding_model), 0},
+    {"cache.hit_similarity",                    KT_FLOAT,       CACHE_HIT_DEFAULT, 1, 0, 0, 1,   CHECK_NONE,        NULL,        FIELD(cache_hit_similarity), 0},
+    {"cache.near_miss_similarity",              KT_FLOAT,       CACHE_NEAR_DEFAULT, 1, 0, 0, 1,  CHECK_NONE,        NULL,        FIELD(cache_near_miss_similarity), 0},
+    {"cache.model_hit_similarity",              KT_FLOAT,       CACHE_MODEL_HIT_DEFAULT, 1, 0, 0, 1, CHECK_NONE,    NULL,        FIELD(cache_model_hit_similarity), 0},
+    {"cache.model_near_miss_similarity",        KT_FLOAT,       CACHE_MODEL_NEAR_DEFAULT, 1, 0, 0, 1, CHECK_NONE,   NULL,        FIELD(cache_model_near_miss_similarity), 0},
+
+    {"template",                                KT_GROUP,       NULL,      0, 0, 0, 0,           CHECK_NONE,        NULL,        NO_FIELD, 0},
+    {"template.enabled",                        KT_BOOL,        "true",    0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(template_enabled), 0},
+    {"template.text",                           KT_STRING,      TEMPLATE_TEXT_DEFAULT, 0, 0, 0, 0, CHECK_NONE,      NULL,        FIELD(template_text), 0},
+    {"template.near_miss_text",                 KT_STRING,      TEMPLATE_NEAR_DEFAULT, 0, 0, 0, 0, CHECK_NONE,      NULL,        FIELD(template_near_miss_text), 0},
 
     {"pairing",                                 KT_GROUP,       NULL,      0, 0, 0, 0,           CHECK_NONE,        NULL,        NO_FIELD, 0},
     {"pairing.listen",                          KT_STRING,      "0.0.0.0:47471", 0, 0, 0, 0,     CHECK_LISTEN_ADDR, NULL,        FIELD(pairing_listen), 0},
@@ -1055,6 +1082,10 @@ void config_free(sovmesh_config *cfg)
 	free(cfg->api_listen);
 	free(cfg->inference_backend);
 	free(cfg->inference_default_model);
+	free(cfg->cache_plugin);
+	free(cfg->cache_embedding_model);
+	free(cfg->template_text);
+	free(cfg->template_near_miss_text);
 	free(cfg->pairing_listen);
 	free(cfg->aggregation_method);
 	free(cfg->noise_mechanism);

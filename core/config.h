@@ -47,6 +47,18 @@ typedef struct sovmesh_config {
 	char *inference_backend;       /* backend plugin name, "" = none */
 	char *inference_default_model; /* for `sovmesh ask` without --model; "" = first listed */
 
+	/* cache: step 3 of the fallback chain */
+	int cache_enabled;
+	char *cache_plugin;          /* cache plugin name, "" = none */
+	char *cache_embedding_model; /* "" = the cache's built-in embedding only */
+	double cache_hit_similarity, cache_near_miss_similarity;             /* built-in */
+	double cache_model_hit_similarity, cache_model_near_miss_similarity; /* model */
+
+	/* template: step 4 */
+	int template_enabled;
+	char *template_text;
+	char *template_near_miss_text; /* {question} and {answer} are replaced */
+
 	/* pairing */
 	char *pairing_listen; /* TLS-SRP listener, open only while a code is outstanding */
 	int64_t pairing_code_ttl_secs;

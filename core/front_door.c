@@ -30,7 +30,7 @@
 #define CORS_ALLOW_METHODS "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 #define CORS_ALLOW_HEADERS                                                                         \
 	"Authorization, Content-Type, User-Agent, Accept, X-Requested-With, X-Sovmesh-Token"
-#define CORS_EXPOSE_HEADERS "X-Sovmesh-Source, X-Sovmesh-Peer"
+#define CORS_EXPOSE_HEADERS "X-Sovmesh-Source, X-Sovmesh-Peer, X-Sovmesh-Degraded"
 
 typedef struct fd_job fd_job;
 typedef struct fd_pass fd_pass;
@@ -355,6 +355,9 @@ static void job_on_source(void *ud, router_source source, const char *peer_name)
 	j->have_source = true;
 	j->source = source;
 	http_response_add_header(j->resp, "X-Sovmesh-Source", router_source_name(source));
+	/* A template answer is not an answer to the question: say so. */
+	if (source == ROUTER_SOURCE_TEMPLATE)
+		http_response_add_header(j->resp, "X-Sovmesh-Degraded", "true");
 	if (peer_name) {
 		snprintf(j->peer, sizeof(j->peer), "%s", peer_name);
 		http_response_add_header(j->resp, "X-Sovmesh-Peer", j->peer);

@@ -7,7 +7,8 @@
  *        (router.h); streamed as application/x-ndjson chunk by chunk, or
  *        one application/json object for "stream": false.  Headers
  *        X-Sovmesh-Source: local|peer|cache|template and, for peer,
- *        X-Sovmesh-Peer: <name>.  Errors before any output: the router's
+ *        X-Sovmesh-Peer: <name>; template answers also carry
+ *        X-Sovmesh-Degraded: true.  Errors before any output: the router's
  *        status with {"error": "..."}; after output started: one
  *        {"error": "..."} line, then the end (as Ollama does).
  *   GET  /api/tags       the local backend's models, plus every model of a

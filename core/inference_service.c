@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/uio.h>
 
+#include "answer_cache.h"
 #include "build_config.h"
 #include "front_door.h"
 #include "infer_request.h"
@@ -24,6 +25,7 @@
 struct inference_service {
 	inference_service_ctx ctx;
 	local_backend *lb;
+	answer_cache *cache;
 	router *router;
 	peer_infer_server *serving;
 	front_door *door;
@@ -254,6 +256,36 @@ static int handle_inference(void *ud, const control_request *req, json_t **reply
 	return 0;
 }
 
+static int handle_cache_stats(void *ud, const control_request *req, json_t **reply, int *status)
+{
+	(void)req;
+	inference_service *s = ud;
+	*reply = answer_cache_stats_json(s->cache);
+	*status = 200;
+	return 0;
+}
+
+static int handle_cache_clear(void *ud, const control_request *req, json_t **reply, int *status)
+{
+	(void)req;
+	inference_service *s = ud;
+	sovmesh_error err = {0};
+	json_t *before = answer_cache_stats_json(s->cache);
+	json_t *ps = json_object_get(before, "plugin_stats");
+	json_int_t n = json_integer_value(json_object_get(ps, "entries"));
+	json_decref(before);
+	int r = answer_cache_clear(s->cache, &err);
+	if (r < 0) {
+		*status = r == -ENOENT ? 404 : 500;
+		*reply = control_api_error("%s", err.message[0] ? err.message : strerror(-r));
+		return 0;
+	}
+	log_notice("cache cleared (%lld entries removed)", (long long)n);
+	*reply = json_pack("{s:I}", "removed", n);
+	*status = 200;
+	return 0;
+}
+
 /* ---- start / stop -------------------------------------------------------- */
 
 /* The token the control mirror on the HTTP port wants for changes; in
@@ -317,6 +349,22 @@ int inference_service_start(const inference_service_ctx *ctx, inference_service 
 		};
 		peer_health_set_providers(ctx->health, &prov);
 	}
+	answer_cache_options co = {
+	    .ops = ctx->cache ? ctx->cache->plugin->ops : NULL,
+	    .instance = ctx->cache ? ctx->cache->instance : NULL,
+	    .lb = s->lb,
+	    .embedding_model = cfg->cache_embedding_model,
+	    .hit = cfg->cache_hit_similarity,
+	    .near_miss = cfg->cache_near_miss_similarity,
+	    .model_hit = cfg->cache_model_hit_similarity,
+	    .model_near_miss = cfg->cache_model_near_miss_similarity,
+	    .template_enabled = cfg->template_enabled,
+	    .template_text = cfg->template_text,
+	    .template_near_miss_text = cfg->template_near_miss_text,
+	};
+	r = answer_cache_new(ctx->loop, &co, &s->cache);
+	if (r < 0)
+		return sovmesh_fail(err, r, "cannot start the cache step: %s", strerror(-r));
 	router_options ro = {
 	    .lb = s->lb,
 	    .ptable = ctx->ptable,
@@ -325,12 +373,15 @@ int inference_service_start(const inference_service_ctx *ctx, inference_service 
 	    .thermal_sysfs_root = cfg->thermal_sysfs_root,
 	    .thermal_limit_c = cfg->thermal_limit_c,
 	    .request_timeout_ms = (unsigned)cfg->request_timeout_secs * 1000u,
+	    .cache = s->cache,
 	};
 	r = router_new(ctx->loop, &ro, &s->router);
 	if (r < 0)
 		return sovmesh_fail(err, r, "cannot start the router: %s", strerror(-r));
 	if (control_api_route_async(ctx->control, "POST", "/v1/ask", handle_ask, s) < 0 ||
-	    control_api_route(ctx->control, "GET", "/v1/inference", handle_inference, s) < 0)
+	    control_api_route(ctx->control, "GET", "/v1/inference", handle_inference, s) < 0 ||
+	    control_api_route(ctx->control, "GET", "/v1/cache", handle_cache_stats, s) < 0 ||
+	    control_api_route(ctx->control, "POST", "/v1/cache/clear", handle_cache_clear, s) < 0)
 		return sovmesh_fail(err, -ENOMEM, "out of memory");
 	if (cfg->api_enabled) {
 		r = make_token(s, err);
@@ -390,12 +441,13 @@ json_t *inference_service_status(const inference_service *s)
 	if (s->serving)
 		peer_infer_server_get_stats(s->serving, &st);
 	return json_pack(
-	    "{s:o,s:o,s:I,s:I,s:o,s:o,s:{s:b,s:I,s:I,s:I,s:I,s:I,s:I}}", "backend",
+	    "{s:o,s:o,s:I,s:I,s:o,s:o,s:o,s:{s:b,s:I,s:I,s:I,s:I,s:I,s:I}}", "backend",
 	    s->ctx.backend ? json_string(s->ctx.backend->plugin->label) : json_null(), "models",
 	    local_backend_models(s->lb), "slots", (json_int_t)local_backend_slots(s->lb),
 	    "in_flight", (json_int_t)local_backend_in_flight(s->lb), "api",
 	    s->api_address[0] ? json_string(s->api_address) : json_null(), "router",
-	    s->router ? router_stats_json(s->router) : json_null(), "serving", "enabled",
+	    s->router ? router_stats_json(s->router) : json_null(), "cache",
+	    s->cache ? answer_cache_stats_json(s->cache) : json_null(), "serving", "enabled",
 	    s->serving && s->serve_inference, "max_concurrent", (json_int_t)s->max_concurrent,
 	    "active", (json_int_t)st.active, "served", (json_int_t)st.served, "refused_busy",
 	    (json_int_t)st.refused_busy, "refused_off", (json_int_t)st.refused_off, "failed",
@@ -429,6 +481,8 @@ void inference_service_free(inference_service *s)
 		return;
 	inference_service_stop(s);
 	peer_infer_server_free(s->serving);
+	/* After the router (its jobs store into the cache). */
+	answer_cache_free(s->cache);
 	local_backend_free(s->lb, NULL, NULL);
 	free(s->thermal_root);
 	free(s);

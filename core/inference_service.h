@@ -9,6 +9,8 @@
  *                  {"answer", "model", "source", "peer"|null, "elapsed_ms"}
  *   GET  /v1/inference   the status object below (also in /v1/status
  *                        under "inference").
+ *   GET  /v1/cache       answer_cache_stats_json (answer_cache.h)
+ *   POST /v1/cache/clear remove every cached answer
  *
  * Life cycle: start after the peer network (it needs the peer port, the
  * table and the client; each may be NULL when the mesh is off), stop
@@ -42,6 +44,7 @@ typedef struct inference_service_ctx {
 	uv_loop_t *loop;
 	const sovmesh_config *cfg; /* must outlive the service */
 	plugin_instance *backend;  /* NULL: no local backend */
+	plugin_instance *cache;    /* NULL: no cache step */
 	const identity *id;        /* NULL when the peer network is off */
 	trust_store *trust;
 	peer_client *pc;
@@ -58,6 +61,7 @@ int inference_service_start(const inference_service_ctx *ctx, inference_service 
 void inference_service_reload(inference_service *s, const sovmesh_config *next);
 /* {"backend": label|null, "models": [..], "slots": n, "in_flight": n,
  *  "api": "host:port"|null, "router": router_stats_json,
+ *  "cache": answer_cache_stats_json,
  *  "serving": {"enabled", "max_concurrent", "active", "served",
  *              "refused_busy", "refused_off", "failed"}} */
 json_t *inference_service_status(const inference_service *s);

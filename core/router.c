@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "hostport.h"
 #include "log.h"
@@ -20,7 +21,7 @@ typedef struct breaker {
 	struct breaker *next;
 } breaker;
 
-enum step { STEP_START, STEP_LOCAL, STEP_PEER, STEP_DONE };
+enum step { STEP_START, STEP_LOCAL, STEP_PEER, STEP_CACHE, STEP_DONE };
 
 struct router_job {
 	router *r;
@@ -30,6 +31,11 @@ struct router_job {
 	enum step step;
 	local_call *lcall;
 	peer_infer_call *pcall;
+	answer_cache_lookup *clookup;
+	/* The answer's text as it streams, to be cached (collect: eligible). */
+	int collect;
+	char *answer;
+	size_t answer_len;
 	uv_timer_t timer; /* start, then first-chunk / idle limit of a hop */
 	int started;      /* on_source called */
 	int cancelled;
@@ -179,6 +185,7 @@ static void append_why(router_job *j, const char *fmt, const char *a, const char
 static void on_job_timer_closed(uv_handle_t *h)
 {
 	router_job *j = h->data;
+	free(j->answer);
 	free(j->req.model);
 	json_decref(j->req.body);
 	free(j);
@@ -210,6 +217,10 @@ static void job_stop_hop(router_job *j)
 		peer_infer_cancel(j->pcall);
 		j->pcall = NULL;
 	}
+	if (j->clookup) {
+		answer_cache_lookup_cancel(j->clookup);
+		j->clookup = NULL;
+	}
 }
 
 static void job_finish(router_job *j, int code, int http_status, const char *message)
@@ -218,6 +229,8 @@ static void job_finish(router_job *j, int code, int http_status, const char *mes
 	j->step = STEP_DONE;
 	job_stop_hop(j);
 	double ms = (double)(uv_now(r->loop) - j->t0);
+	if (code == 0 && j->collect && j->answer && r->o.cache)
+		answer_cache_store(r->o.cache, j->req.model, j->req.last_user_text, j->answer);
 	if (code == 0 && j->peer_fp[0]) {
 		log_info("request %llu %s model '%s': answered by peer '%s' in %.0f ms",
 		         (unsigned long long)j->id, infer_kind_name(j->req.kind), j->req.model,
@@ -240,19 +253,97 @@ static void job_finish(router_job *j, int code, int http_status, const char *mes
 static void arm_timer(router_job *j);
 static void try_next_peer(router_job *j);
 
-/* The chain is exhausted: the cache and template steps come here. */
-static void chain_end(router_job *j)
+static void job_started(router_job *j, router_source src);
+
+/* Answer with one synthetic chunk in the request's shape (cache and
+ * template answers), marked in a "sovmesh" member. */
+static void answer_synthetic(router_job *j, router_source src, const char *text,
+                             double similarity)
+{
+	char when[40];
+	time_t now = time(NULL);
+	struct tm tm;
+	gmtime_r(&now, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	json_t *mark = json_pack("{s:s,s:b}", "source", router_source_name(src), "degraded",
+	                         src == ROUTER_SOURCE_TEMPLATE);
+	if (src == ROUTER_SOURCE_CACHE)
+		json_object_set_new(mark, "similarity", json_real(similarity));
+	json_t *c = j->req.kind == SOVMESH_GEN_CHAT
+	                ? json_pack("{s:s,s:s,s:{s:s,s:s},s:b,s:s,s:o}", "model", j->req.model,
+	                            "created_at", when, "message", "role", "assistant", "content",
+	                            text, "done", 1, "done_reason", "stop", "sovmesh", mark)
+	                : json_pack("{s:s,s:s,s:s,s:b,s:s,s:o}", "model", j->req.model,
+	                            "created_at", when, "response", text, "done", 1,
+	                            "done_reason", "stop", "sovmesh", mark);
+	char *s = c ? json_dumps(c, JSON_COMPACT) : NULL;
+	json_decref(c);
+	if (!s) {
+		job_finish(j, -ENOMEM, 500, "out of memory");
+		return;
+	}
+	job_started(j, src);
+	if (j->cbs.on_chunk)
+		j->cbs.on_chunk(j->ud, s, strlen(s), 1);
+	free(s);
+	job_finish(j, 0, 200, "ok");
+}
+
+/* Step 4, or the end: the template, else 404 / 503. */
+static void chain_template(router_job *j, const char *near_question, const char *near_answer)
 {
 	char msg[600];
-	if (j->tried_any && j->all_missing) {
+	if (j->tried_any && j->all_missing && !near_answer) {
 		snprintf(msg, sizeof(msg), "model '%s' not found locally or on any connected peer",
 		         j->req.model);
 		job_finish(j, -ENOENT, 404, msg);
 		return;
 	}
+	char *text = answer_cache_template(j->r->o.cache, near_question, near_answer);
+	if (text) {
+		log_info("request %llu: template answer%s (%s)", (unsigned long long)j->id,
+		         near_answer ? " with a near miss from the cache" : "",
+		         j->why[0] ? j->why : "nothing to try");
+		answer_synthetic(j, ROUTER_SOURCE_TEMPLATE, text, 0);
+		free(text);
+		return;
+	}
 	snprintf(msg, sizeof(msg), "no backend or peer could answer (%s)",
 	         j->why[0] ? j->why : "nothing to try");
 	job_finish(j, -EAGAIN, 503, msg);
+}
+
+static void on_cache_result(void *ud, answer_cache_result res, const char *answer,
+                            const char *question, double similarity)
+{
+	router_job *j = ud;
+	j->clookup = NULL;
+	if (res == ANSWER_CACHE_HIT) {
+		/* Not stored again: it came from the cache. */
+		j->collect = 0;
+		log_info("request %llu: answered from the cache (similarity %.2f)",
+		         (unsigned long long)j->id, similarity);
+		answer_synthetic(j, ROUTER_SOURCE_CACHE, answer, similarity);
+		return;
+	}
+	append_why(j, "cache: %s%s", res == ANSWER_CACHE_NEAR_MISS ? "near miss only" : "miss",
+	           "");
+	chain_template(j, res == ANSWER_CACHE_NEAR_MISS ? question : NULL,
+	               res == ANSWER_CACHE_NEAR_MISS ? answer : NULL);
+}
+
+/* The local and peer steps are exhausted: step 3, the cache. */
+static void chain_end(router_job *j)
+{
+	j->step = STEP_CACHE;
+	answer_cache *ac = j->r->o.cache;
+	if (ac && j->req.last_user_text && !j->req.has_images) {
+		j->clookup =
+		    answer_cache_lookup_start(ac, j->req.model, j->req.last_user_text, on_cache_result, j);
+		if (j->clookup)
+			return;
+	}
+	chain_template(j, NULL, NULL);
 }
 
 static void job_started(router_job *j, router_source src)
@@ -265,10 +356,37 @@ static void job_started(router_job *j, router_source src)
 		j->cbs.on_source(j->ud, src, src == ROUTER_SOURCE_PEER ? j->peer_name : NULL);
 }
 
+/* Keep the answer's text for the cache: Ollama's chat chunks carry it in
+ * message.content, generate chunks in response. */
+static void collect_text(router_job *j, const char *json, size_t len)
+{
+	json_t *c = json_loadb(json, len, 0, NULL);
+	const char *piece = json_string_value(json_object_get(json_object_get(c, "message"), "content"));
+	if (!piece)
+		piece = json_string_value(json_object_get(c, "response"));
+	size_t n = piece ? strlen(piece) : 0;
+	if (j->answer_len + n > ANSWER_CACHE_MAX_ANSWER) {
+		j->collect = 0; /* too long to cache */
+	} else if (n || !j->answer) {
+		char *g = realloc(j->answer, j->answer_len + n + 1);
+		if (!g) {
+			j->collect = 0;
+		} else {
+			memcpy(g + j->answer_len, piece ? piece : "", n);
+			j->answer_len += n;
+			g[j->answer_len] = '\0';
+			j->answer = g;
+		}
+	}
+	json_decref(c);
+}
+
 static void deliver_chunk(router_job *j, router_source src, const char *json, size_t len,
                           int done)
 {
 	job_started(j, src);
+	if (j->collect)
+		collect_text(j, json, len);
 	/* Each chunk resets the idle limit. */
 	arm_timer(j);
 	if (j->cbs.on_chunk)
@@ -593,6 +711,7 @@ router_job *router_submit(router *r, const infer_request *req, const router_call
 	j->cbs = *cbs;
 	j->ud = ud;
 	j->all_missing = 1;
+	j->collect = r->o.cache && req->last_user_text && !req->has_images;
 	j->id = ++r->next_id;
 	j->t0 = uv_now(r->loop);
 	uv_timer_init(r->loop, &j->timer);

@@ -10,9 +10,16 @@
  *               and whose circuit breaker is closed, lowest latency first;
  *               up to ROUTER_MAX_PEER_TRIES of them.  A request without
  *               user text, or with images, is never sent to a peer.
- *   3. cache    (the cache issue fills it)
- *   4. template (the cache issue fills it)
- *   -> until then the chain ends in 503 "no backend or peer could answer".
+ *   3. cache    a cached answer to the same or a similar question
+ *               (answer_cache.h), for requests with user text and no images
+ *   4. template the configured "degraded" answer, quoting a near miss of
+ *               the cache when there is one
+ *   -> with the template disabled the chain ends in 503 "no backend or
+ *      peer could answer"; when no step had the model at all and the cache
+ *      has nothing for it, 404.
+ *
+ * Answers served locally or by a peer are stored in the cache (the last
+ * user message and the whole answer text), never cache or template ones.
  *
  * A step may be left for the next one only before it produced its first
  * chunk; after that, a failure reaches the client as an error.  Every hop
@@ -33,6 +40,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "answer_cache.h"
 #include "infer_request.h"
 #include "local_backend.h"
 #include "peer_client.h"
@@ -61,6 +69,7 @@ typedef struct router_options {
 	const char *thermal_sysfs_root; /* copied */
 	double thermal_limit_c;
 	unsigned request_timeout_ms; /* first chunk / between chunks, per hop */
+	answer_cache *cache; /* steps 3 and 4; NULL: the chain ends after peers */
 } router_options;
 
 typedef struct router_callbacks {

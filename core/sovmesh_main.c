@@ -31,7 +31,9 @@ static const char usage_text[] =
     "                         pair with the device that shows CODE\n"
     "  pair uri URI           pair from a sovmesh://pair?... link\n"
     "  pair scan IMAGE        pair from a photo or screenshot of the QR code\n"
-    "  ask [--model M] TEXT   ask the mesh (local backend, else a paired peer)\n"
+    "  ask [--model M] TEXT   ask the mesh (local backend, else a paired peer,\n"
+    "                         else the answer cache, else a template answer)\n"
+    "  cache stats|clear      the answer cache\n"
     "\n"
     "Offline research tools (no daemon needed):\n"
     "  fl aggregate --method NAME [--param K=V ...] --out OUT IN[:WEIGHT] ...\n"
@@ -73,6 +75,12 @@ static void print_inference(json_t *inf)
 	       "%lld fallbacks, %lld in flight\n",
 	       jint(a, "local"), jint(a, "peer"), jint(a, "cache"), jint(a, "template"),
 	       jint(r, "failed"), jint(r, "fallbacks"), jint(r, "in_flight"));
+	json_t *ca = json_object_get(inf, "cache");
+	if (json_is_object(ca))
+		printf("cache:       %s, %lld entries; %lld hits, %lld near misses of %lld lookups\n",
+		       json_is_true(json_object_get(ca, "enabled")) ? "on" : "off",
+		       jint(json_object_get(ca, "plugin_stats"), "entries"), jint(ca, "hits"),
+		       jint(ca, "near_misses"), jint(ca, "lookups"));
 	json_t *s = json_object_get(inf, "serving");
 	printf("serving:     %s, %lld/%lld peer requests open; %lld served, %lld refused busy, "
 	       "%lld refused off, %lld failed\n",
@@ -213,6 +221,8 @@ int main(int argc, char **argv)
 		return cli_cmd_fl(&c, sub_argc, sub_argv);
 	if (strcmp(cmd, "ask") == 0)
 		return cli_cmd_ask(&c, sub_argc, sub_argv);
+	if (strcmp(cmd, "cache") == 0)
+		return cli_cmd_cache(&c, sub_argc, sub_argv);
 	if (strcmp(cmd, "help") == 0) {
 		fputs(usage_text, stdout);
 		return 0;

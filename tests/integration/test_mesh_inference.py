@@ -271,8 +271,11 @@ class MeshCase(unittest.TestCase):
                         'serve_inference = %s;') % (
                 cls.INTERVAL_MS.get(i, 1000), REQUEST_TIMEOUT_SECS, cls.fake_sys(i),
                 conf["max_concurrent"], "true" if conf["serve"] else "false"),
+            # Steps 3 and 4 (cache, template) are off: these tests check
+            # that the chain ends after the peers (test_cache.py has them).
             config_extra=('plugin_settings = { backend-ollama = { '
-                          'url = "http://127.0.0.1:%d"; parallel = %d; }; };'
+                          'url = "http://127.0.0.1:%d"; parallel = %d; }; };\n'
+                          'cache = { enabled = false; };\ntemplate = { enabled = false; };'
                           % (OLLAMA_PORT, conf["parallel"])))
         cls.running_conf[i] = conf
         cls.started_at[i] = t_start

@@ -11,6 +11,7 @@ struct sovmesh_backend_call {
 	uv_timer_t timer;
 	sovmesh_gen_callbacks cbs;
 	sovmesh_backend_json_cb json_cb;
+	sovmesh_backend_embed_cb embed_cb;
 	void *ud;
 	unsigned sent, chunks;
 	int fail_code, fail_after, chat;
@@ -115,6 +116,35 @@ static sovmesh_backend_call *fake_list(void *instance, sovmesh_backend_json_cb c
 	return c;
 }
 
+/* Embeddings: 4 dims, [len(text), 1, 0, 0], answered on the next turn. */
+static void embed_tick(uv_timer_t *t)
+{
+	sovmesh_backend_call *c = t->data;
+	fake_backend *fb = c->fb;
+	float v[4] = {(float)strlen(fb->last_embed_text), 1, 0, 0};
+	sovmesh_backend_status st = {sizeof(st), fb->embed_fail, fb->embed_fail ? 0 : 200,
+	                             fb->embed_fail ? "scripted embed failure" : "ok"};
+	sovmesh_backend_embed_cb cb = c->embed_cb;
+	call_end(c);
+	cb(c->ud, &st, fb->embed_fail ? NULL : v, fb->embed_fail ? 0 : 1, fb->embed_fail ? 0 : 4);
+}
+
+static sovmesh_backend_call *fake_embed(void *instance, const char *model,
+                                        const char *const *texts, size_t n, uint32_t timeout_ms,
+                                        sovmesh_backend_embed_cb cb, void *ud)
+{
+	(void)timeout_ms;
+	fake_backend *fb = instance;
+	fb->embed_calls++;
+	snprintf(fb->last_embed_model, sizeof(fb->last_embed_model), "%s", model);
+	snprintf(fb->last_embed_text, sizeof(fb->last_embed_text), "%s", n ? texts[0] : "");
+	sovmesh_backend_call *c = new_call(fb);
+	c->embed_cb = cb;
+	c->ud = ud;
+	uv_timer_start(&c->timer, embed_tick, 1, 0);
+	return c;
+}
+
 static void fake_cancel(void *instance, sovmesh_backend_call *c)
 {
 	fake_backend *fb = instance;
@@ -132,6 +162,7 @@ const sovmesh_backend_ops fake_backend_ops = {
     .size = sizeof(sovmesh_backend_ops),
     .list_models = fake_list,
     .generate = fake_generate,
+    .embed = fake_embed,
     .cancel = fake_cancel,
     .parallel_slots = fake_slots,
 };

@@ -19,8 +19,10 @@ typedef struct fake_backend {
 	int hang;              /* never answer */
 	uint32_t slots;        /* parallel_slots(); 0 -> 1 */
 	const char *models_json; /* list_models answer; NULL -> one model "m1" */
+	int embed_fail;          /* != 0: embed ends with this */
 	/* Records. */
-	unsigned generate_calls, cancels, list_calls, open;
+	unsigned generate_calls, cancels, list_calls, open, embed_calls;
+	char last_embed_model[64], last_embed_text[256];
 	char last_body[4096];
 } fake_backend;
 
