@@ -17,6 +17,7 @@ PACKAGES=(
   libcurl4-gnutls-dev libcmocka-dev node-llhttp
   libqrencode-dev libzbar-dev libpng-dev libjpeg-dev gnutls-bin curl
   libavahi-client-dev avahi-daemon avahi-utils dbus iproute2 util-linux
+  libsqlite3-dev
 )
 # Node.js for the ollama JS client test: Debian's nodejs and npm, unless a
 # node with npm is already there (e.g. NodeSource's nodejs, which bundles
