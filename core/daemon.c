@@ -94,6 +94,8 @@ static size_t plan_plugins(const sovmesh_config *cfg, plugin_choice *out)
 	size_t n = 0;
 	if (cfg->inference_backend[0])
 		plan_add(out, &n, SOVMESH_KIND_BACKEND, cfg->inference_backend, "inference.backend");
+	if (cfg->cache_enabled && cfg->cache_plugin[0])
+		plan_add(out, &n, SOVMESH_KIND_CACHE, cfg->cache_plugin, "cache.plugin");
 	if (cfg->mesh_enabled) {
 		char buf[512];
 		snprintf(buf, sizeof(buf), "%s", cfg->mesh_discovery);
@@ -423,6 +425,21 @@ static void reload(daemon_state *d)
 	              str_changed(cur->inference_backend, next->inference_backend));
 	report_change("inference.default_model",
 	              str_changed(cur->inference_default_model, next->inference_default_model));
+	report_change("cache.enabled", cur->cache_enabled != next->cache_enabled);
+	report_change("cache.plugin", str_changed(cur->cache_plugin, next->cache_plugin));
+	report_change("cache.embedding_model",
+	              str_changed(cur->cache_embedding_model, next->cache_embedding_model));
+	report_change("cache.hit_similarity", cur->cache_hit_similarity != next->cache_hit_similarity);
+	report_change("cache.near_miss_similarity",
+	              cur->cache_near_miss_similarity != next->cache_near_miss_similarity);
+	report_change("cache.model_hit_similarity",
+	              cur->cache_model_hit_similarity != next->cache_model_hit_similarity);
+	report_change("cache.model_near_miss_similarity",
+	              cur->cache_model_near_miss_similarity != next->cache_model_near_miss_similarity);
+	report_change("template.enabled", cur->template_enabled != next->template_enabled);
+	report_change("template.text", str_changed(cur->template_text, next->template_text));
+	report_change("template.near_miss_text",
+	              str_changed(cur->template_near_miss_text, next->template_near_miss_text));
 	report_change("mesh.peer_listen", str_changed(cur->peer_listen, next->peer_listen));
 	report_change("pairing.listen", str_changed(cur->pairing_listen, next->pairing_listen));
 	report_change("pairing.code_ttl_secs",
@@ -614,14 +631,18 @@ static int start_peer_network(daemon_state *d, sovmesh_error *err)
 	r = control_pairing_new(&d->loop, d->control, &pctx, &d->control_pairing, err);
 	if (r < 0)
 		return r;
-	plugin_instance *backend = NULL;
-	for (size_t i = 0; i < d->n_plugins; i++)
+	plugin_instance *backend = NULL, *cache = NULL;
+	for (size_t i = 0; i < d->n_plugins; i++) {
 		if (d->plugins[i]->plugin->kind == SOVMESH_KIND_BACKEND)
 			backend = d->plugins[i];
+		if (d->plugins[i]->plugin->kind == SOVMESH_KIND_CACHE)
+			cache = d->plugins[i];
+	}
 	inference_service_ctx ictx = {
 	    .loop = &d->loop,
 	    .cfg = d->cfg,
 	    .backend = backend,
+	    .cache = cache,
 	    .id = d->id,
 	    .trust = d->trust,
 	    .pc = d->cfg->mesh_enabled ? d->peers : NULL,

@@ -581,8 +581,11 @@ static void try_next_peer(router_job *j)
 			peer_info pi;
 			if (peer_table_paired_at(r->o.ptable, i, &pi) < 0)
 				continue;
-			if (pi.status != PEER_CONNECTED || already_tried(j, pi.fingerprint_hex) ||
-			    !pi.address[0])
+			if (pi.status != PEER_CONNECTED)
+				continue;
+			/* A live model list was consulted: "not found" can be said. */
+			j->tried_any = 1;
+			if (already_tried(j, pi.fingerprint_hex) || !pi.address[0])
 				continue;
 			int has = 0;
 			for (size_t k = 0; k < pi.n_models && !has; k++)

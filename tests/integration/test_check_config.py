@@ -20,8 +20,8 @@ class CheckConfigTest(DaemonTestCase):
     def test_valid_and_default(self):
         r = self.check(self.conf())
         self.assertEqual(r.returncode, 0, r.stderr)
-        # backend-ollama, discovery-mdns, agg-fedavg, dp-laplace
-        self.assertIn("configuration OK (4 plugins checked)", r.stdout)
+        # backend-ollama, cache-semantic, discovery-mdns, agg-fedavg, dp-laplace
+        self.assertIn("configuration OK (5 plugins checked)", r.stdout)
         r = run([SOVMESHD, "--check-config"], env={"SOVMESH_STATE_DIR": self.dir})
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("<embedded default>: configuration OK", r.stdout)
@@ -85,15 +85,18 @@ class CheckConfigTest(DaemonTestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn(p, r.stderr)
 
-    def test_fl_disabled_loads_only_backend_and_discovery(self):
+    def test_fl_disabled_loads_backend_cache_and_discovery(self):
         r = self.check(self.conf(fl=False))
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("2 plugins checked", r.stdout)
+        self.assertIn("3 plugins checked", r.stdout)
         r = self.check(self.conf('mesh = { discovery = ""; };', fl=False))
         self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("2 plugins checked", r.stdout)
+        r = self.check(self.conf('mesh = { discovery = ""; };\ncache = { enabled = false; };', fl=False))
+        self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("1 plugin checked", r.stdout)
-        r = self.check(self.conf('mesh = { discovery = ""; };\ninference = { backend = ""; };',
-                                 fl=False))
+        r = self.check(self.conf('mesh = { discovery = ""; };\ninference = { backend = ""; };\n'
+                                 'cache = { plugin = ""; };', fl=False))
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("0 plugins checked", r.stdout)
 
