@@ -35,8 +35,13 @@ typedef struct sovmesh_train_input {
 	uint32_t size; /* sizeof(sovmesh_train_input) */
 	const sovmesh_sample *samples;
 	size_t n_samples;
-	/* The adapter being improved, or NULL on the first round (the trainer
-	 * then initialises one).  Owned by the host. */
+	/* The adapter being improved, or NULL: the trainer then starts from
+	 * its initial adapter.  With n_samples == 0 and current == NULL the
+	 * trainer returns that initial adapter untrained, and it must be the
+	 * same on every node with the same settings (derived from a fixed
+	 * seed, not from `seed`): federated rounds start from it, so the
+	 * deltas of different nodes refer to the same point.  Owned by the
+	 * host. */
 	const sovmesh_tensor_set *current;
 	/* Directory holding `current` as a PEFT adapter, or NULL; for trainers
 	 * that run external tools. */
@@ -64,6 +69,16 @@ typedef struct sovmesh_trainer_ops {
 	 */
 	int (*train)(void *instance, const sovmesh_train_input *in, sovmesh_tensor_set **out,
 	             sovmesh_train_report *report, sovmesh_error *err);
+
+	/*
+	 * Optional (may be NULL): measure `adapter` (NULL: the trainer's
+	 * initial adapter) on labelled samples: mean loss and accuracy in
+	 * [0, 1].  For the simulator and tests; trainers of real LLMs leave it
+	 * NULL.  Any thread.  -EINVAL for samples it cannot score.
+	 */
+	int (*evaluate)(void *instance, const sovmesh_tensor_set *adapter,
+	                const sovmesh_sample *samples, size_t n_samples, double *loss,
+	                double *accuracy, sovmesh_error *err);
 } sovmesh_trainer_ops;
 
 #ifdef __cplusplus
