@@ -2,7 +2,8 @@
  * The sovmesh command-line client's shared parts: options, errors, the
  * control-socket calls, JSON output.  One file per group of commands:
  * sovmesh_main.c (dispatch, status, plugins), cli_fl.c (offline FL
- * tools), cli_trust.c (id, peers, pairing).
+ * tools), cli_federated.c (feedback, fl status/rollback, budget),
+ * cli_trust.c (id, peers, pairing).
  */
 #ifndef SOVMESH_CORE_CLI_H
 #define SOVMESH_CORE_CLI_H
@@ -49,5 +50,13 @@ int cli_cmd_cache(const cli *c, int argc, char **argv);
 int cli_cmd_id(const cli *c, int argc, char **argv);
 int cli_cmd_peers(const cli *c, int argc, char **argv);
 int cli_cmd_pair(const cli *c, int argc, char **argv);
+
+/* cli_federated.c: the daemon's federated learning.  Each takes the
+ * command's own argv (argv[0] is the command) and returns the exit status:
+ * 0, 1 (an error, printed) or 2 (a usage error, printed).  `fl` sends
+ * aggregate/noise on to cli_cmd_fl. */
+int cli_cmd_feedback(const cli *c, int argc, char **argv);
+int cli_cmd_budget(const cli *c, int argc, char **argv);
+int cli_cmd_fl_route(const cli *c, int argc, char **argv);
 
 #endif

@@ -146,6 +146,13 @@ static const key_def schema[] = {
     {"federated_learning.aggregation_method",   KT_STRING,      "fedavg",  0, 0, 0, 0,           CHECK_PLUGIN_NAME, "agg",       FIELD(aggregation_method), 0},
     {"federated_learning.noise_mechanism",      KT_STRING,      "laplace", 0, 0, 0, 0,           CHECK_PLUGIN_NAME, "dp",        FIELD(noise_mechanism), 0},
     {"federated_learning.noise_clip",           KT_FLOAT,       "1.0",     1, 1, 0, 1e6,         CHECK_NONE,        NULL,        FIELD(noise_clip), 0},
+    {"federated_learning.privacy_budget",       KT_FLOAT,       "10.0",    1, 1, 0, 1e6,         CHECK_NONE,        NULL,        FIELD(privacy_budget), 0},
+    {"federated_learning.trainer",              KT_STRING,      "reference", 0, 0, 0, 0,         CHECK_PLUGIN_NAME, "trainer",   FIELD(fl_trainer), 0},
+    {"federated_learning.train_timeout_secs",   KT_INT,         "3600",    1, 0, 1, 604800,      CHECK_NONE,        NULL,        FIELD(train_timeout_secs), 0},
+    {"federated_learning.aggregation_wait_secs", KT_INT,        "60",      1, 0, 0, 86400,       CHECK_NONE,        NULL,        FIELD(aggregation_wait_secs), 0},
+    {"federated_learning.max_delta_bytes",      KT_INT,         "67108864", 1, 0, 1024, 1073741824, CHECK_NONE,     NULL,        FIELD(max_delta_bytes), 0},
+    {"federated_learning.base_model",           KT_STRING,      "",        0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(fl_base_model), 0},
+    {"federated_learning.adapted_model",        KT_STRING,      "",        0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(fl_adapted_model), 0},
 
     /* Children are plugin labels, checked against each plugin's
      * declared settings when it loads (plugin_settings.c). */
@@ -1089,5 +1096,8 @@ void config_free(sovmesh_config *cfg)
 	free(cfg->pairing_listen);
 	free(cfg->aggregation_method);
 	free(cfg->noise_mechanism);
+	free(cfg->fl_trainer);
+	free(cfg->fl_base_model);
+	free(cfg->fl_adapted_model);
 	free(cfg);
 }

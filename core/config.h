@@ -72,6 +72,13 @@ typedef struct sovmesh_config {
 	char *aggregation_method;
 	char *noise_mechanism;
 	double noise_clip;
+	double privacy_budget;          /* total ε of a budget period (fl_store.h) */
+	char *fl_trainer;               /* plugin trainer-<name>.so */
+	int64_t train_timeout_secs;
+	int64_t aggregation_wait_secs;  /* how long a round waits for peers' deltas */
+	int64_t max_delta_bytes;        /* largest sealed delta accepted from a peer */
+	char *fl_base_model;            /* "" = inference.default_model, else the first local model */
+	char *fl_adapted_model;         /* "" = <base name>-sovmesh[:<tag>] */
 
 	/* The parsed tree, kept for plugin_settings.<label> sections (their
 	 * keys are validated against each plugin's declared settings once the

@@ -70,6 +70,8 @@ static void add_live_status(control_trust *ct, const trusted_peer *p, json_t *j)
 	                              info.has_temp ? json_real(info.temp_c) : json_null()));
 	json_object_set_new(j, "last_seen", json_integer(info.last_seen));
 	json_object_set_new(j, "accepting", json_boolean(info.accepting));
+	json_object_set_new(j, "federated_learning",
+	                    info.fl_enabled < 0 ? json_null() : json_boolean(info.fl_enabled));
 }
 
 static int handle_peers(void *ud, const control_request *req, json_t **reply, int *status)

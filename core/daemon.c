@@ -20,6 +20,7 @@
 #include "host.h"
 #include "http_server.h"
 #include "identity.h"
+#include "fl_service.h"
 #include "inference_service.h"
 #include "log.h"
 #include "peer_client.h"
@@ -62,6 +63,7 @@ typedef struct daemon_state {
 	peer_table *ptable;
 	discovery_host *disc;
 	inference_service *inf;
+	fl_service *fl;
 	uv_signal_t sig_int, sig_term, sig_hup;
 	uint64_t started_ms;
 	int stopping;
@@ -108,6 +110,7 @@ static size_t plan_plugins(const sovmesh_config *cfg, plugin_choice *out)
 		         "federated_learning.aggregation_method");
 		plan_add(out, &n, SOVMESH_KIND_NOISE, cfg->noise_mechanism,
 		         "federated_learning.noise_mechanism");
+		plan_add(out, &n, SOVMESH_KIND_TRAINER, cfg->fl_trainer, "federated_learning.trainer");
 	}
 	return n;
 }
@@ -312,6 +315,8 @@ static int handle_status(void *ud, const control_request *req, json_t **reply, i
 	                              "temp_c", ts.has_temp ? json_real(ts.temp_c) : json_null()));
 	if (d->inf)
 		json_object_set_new(*reply, "inference", inference_service_status(d->inf));
+	json_object_set_new(*reply, "federated_learning",
+	                    d->fl ? fl_service_status(d->fl) : json_pack("{s:b}", "enabled", 0));
 	*status = 200;
 	return 0;
 }
@@ -332,6 +337,8 @@ static void on_peer_port_closed(void *ud)
 	/* The serving side's pending answers are cancelled by now. */
 	inference_service_free(d->inf);
 	d->inf = NULL;
+	fl_service_free(d->fl);
+	d->fl = NULL;
 	peer_health_free(d->health);
 	d->health = NULL;
 }
@@ -343,6 +350,7 @@ static void close_peer_network(daemon_state *d)
 	 * table (it calls through the client), then the port and the
 	 * client. */
 	inference_service_stop(d->inf);
+	fl_service_stop(d->fl);
 	discovery_host_free(d->disc);
 	d->disc = NULL;
 	if (d->ptable) {
@@ -352,9 +360,11 @@ static void close_peer_network(daemon_state *d)
 	}
 	if (d->peer_port)
 		peer_transport_close(d->peer_port, on_peer_port_closed, d);
-	else if (d->health || d->inf) {
+	else if (d->health || d->inf || d->fl) {
 		inference_service_free(d->inf);
 		d->inf = NULL;
+		fl_service_free(d->fl);
+		d->fl = NULL;
 		peer_health_free(d->health);
 		d->health = NULL;
 	}
@@ -447,16 +457,17 @@ static void reload(daemon_state *d)
 	report_change("pairing.max_attempts",
 	              cur->pairing_max_attempts != next->pairing_max_attempts);
 	report_change("federated_learning.enabled", cur->fl_enabled != next->fl_enabled);
-	report_change("federated_learning.sync_after_n_samples",
-	              cur->sync_after_n_samples != next->sync_after_n_samples);
-	report_change("federated_learning.max_peers", cur->max_peers != next->max_peers);
-	report_change("federated_learning.noise_epsilon",
-	              cur->noise_epsilon != next->noise_epsilon);
 	report_change("federated_learning.aggregation_method",
 	              str_changed(cur->aggregation_method, next->aggregation_method));
 	report_change("federated_learning.noise_mechanism",
 	              str_changed(cur->noise_mechanism, next->noise_mechanism));
-	report_change("federated_learning.noise_clip", cur->noise_clip != next->noise_clip);
+	report_change("federated_learning.trainer", str_changed(cur->fl_trainer, next->fl_trainer));
+	report_change("federated_learning.train_timeout_secs",
+	              cur->train_timeout_secs != next->train_timeout_secs);
+	report_change("federated_learning.base_model",
+	              str_changed(cur->fl_base_model, next->fl_base_model));
+	report_change("federated_learning.adapted_model",
+	              str_changed(cur->fl_adapted_model, next->fl_adapted_model));
 
 	/* Plugin settings are read by plugins at create(): compare the
 	 * validated values and report differences. */
@@ -486,6 +497,14 @@ static void reload(daemon_state *d)
 	/* Applied at once: the log level and mesh inference's limits.  The
 	 * running config keeps those new values and the old everything else. */
 	inference_service_reload(d->inf, next);
+	fl_service_reload(d->fl, next);
+	cur->sync_after_n_samples = next->sync_after_n_samples;
+	cur->max_peers = next->max_peers;
+	cur->noise_epsilon = next->noise_epsilon;
+	cur->noise_clip = next->noise_clip;
+	cur->privacy_budget = next->privacy_budget;
+	cur->aggregation_wait_secs = next->aggregation_wait_secs;
+	cur->max_delta_bytes = next->max_delta_bytes;
 	cur->log_level = next->log_level;
 	cur->serve_inference = next->serve_inference;
 	cur->max_concurrent_peer_requests = next->max_concurrent_peer_requests;
@@ -588,8 +607,16 @@ static int start_peer_network(daemon_state *d, sovmesh_error *err)
 	r = peer_client_new(&d->loop, d->id, d->trust, &d->peers);
 	if (r < 0)
 		return sovmesh_fail(err, r, "cannot create the peer client: %s", strerror(-r));
+	/* Deltas are the largest peer requests; everything else fits 1 MiB.
+	 * Room for twice the delta limit, so an oversized delta reaches the
+	 * handler and is refused with a log line (larger still: the HTTP
+	 * server's plain 413). */
+	size_t max_body = 1u << 20;
+	if (d->cfg->fl_enabled && 2 * (size_t)d->cfg->max_delta_bytes + 4096 > max_body)
+		max_body = 2 * (size_t)d->cfg->max_delta_bytes + 4096;
 	peer_transport_options o = {
 	    .listen = d->cfg->peer_listen,
+	    .max_body_bytes = max_body,
 	    .on_trust_change = on_trust_change,
 	    .on_trust_change_ud = d,
 	};
@@ -654,6 +681,38 @@ static int start_peer_network(daemon_state *d, sovmesh_error *err)
 	r = inference_service_start(&ictx, &d->inf, err);
 	if (r < 0)
 		return r;
+	if (d->cfg->fl_enabled) {
+		fl_service_ctx fctx = {
+		    .loop = &d->loop,
+		    .cfg = d->cfg,
+		    .backend = backend,
+		    .id = d->id,
+		    .trust = d->trust,
+		    .pc = d->cfg->mesh_enabled ? d->peers : NULL,
+		    .ptable = d->cfg->mesh_enabled ? d->ptable : NULL,
+		    .peer_port = d->cfg->mesh_enabled ? d->peer_port : NULL,
+		    .health = d->health,
+		    .control = d->control,
+		};
+		for (size_t i = 0; i < d->n_plugins; i++) {
+			plugin_instance *pi = d->plugins[i];
+			if (pi->plugin->kind == SOVMESH_KIND_TRAINER)
+				fctx.trainer = pi;
+			else if (pi->plugin->kind == SOVMESH_KIND_NOISE)
+				fctx.noise = pi;
+			else if (pi->plugin->kind == SOVMESH_KIND_AGGREGATOR)
+				fctx.aggregator = pi;
+		}
+		r = fl_service_start(&fctx, &d->fl, err);
+		if (r < 0)
+			return r;
+		inference_service_set_feedback(d->inf, fl_service_feedback_http, d->fl);
+	} else {
+		r = fl_service_register_disabled(d->control);
+		if (r < 0)
+			return sovmesh_fail(err, r, "cannot register the federated-learning "
+			                            "endpoints: %s", strerror(-r));
+	}
 	log_info("node '%s' fingerprint %s (%s); %zu paired peer%s", d->id->node_name,
 	         d->id->fingerprint_hex, d->id->short_fp, trust_store_count(d->trust),
 	         trust_store_count(d->trust) == 1 ? "" : "s");

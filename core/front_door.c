@@ -42,6 +42,8 @@ struct front_door {
 	local_backend *lb;
 	peer_table *ptable;
 	control_api *control;
+	http_handler_fn feedback; /* POST /api/feedback; NULL: 404 */
+	void *feedback_ud;
 	char *token;
 	char *version;
 	char listen_host[HOSTPORT_HOST_MAX];
@@ -1141,6 +1143,17 @@ static void route_control(front_door *fd, const http_request *req, http_response
 		send_errorf(resp, 404, "no such endpoint: %.200s", req->path);
 }
 
+/* Feedback on an answer, for federated learning (fl_service.h). */
+static void route_feedback(front_door *fd, const http_request *req, http_response *resp)
+{
+	if (!fd->feedback) {
+		send_errorf(resp, 404, "federated learning is off on this node: no feedback is "
+		                       "collected");
+		return;
+	}
+	fd->feedback(fd->feedback_ud, req, resp);
+}
+
 typedef void (*route_fn)(front_door *fd, const http_request *req, http_response *resp);
 
 static const struct {
@@ -1152,6 +1165,7 @@ static const struct {
     {"/api/tags", "GET, HEAD", route_tags}, {"/api/show", "POST", route_show},
     {"/api/ps", "GET", route_ps},           {"/api/version", "GET, HEAD", route_version},
     {"/api/embed", "POST", route_embed},    {"/api/embeddings", "POST", route_embeddings},
+    {"/api/feedback", "POST", route_feedback},
     {"/", "GET, HEAD", route_root},
 };
 
@@ -1216,6 +1230,14 @@ static void handle(void *ud, const http_request *req, http_response *resp)
 }
 
 /* --- life cycle --- */
+
+void front_door_set_feedback(front_door *fd, http_handler_fn fn, void *ud)
+{
+	if (!fd)
+		return;
+	fd->feedback = fn;
+	fd->feedback_ud = ud;
+}
 
 static void door_free(front_door *fd)
 {

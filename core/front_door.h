@@ -16,6 +16,8 @@
  *        "remote": true, "sovmesh": {"source": "peer", "peers": [names]}.
  *   POST /api/embed, /api/embeddings, /api/show; GET /api/ps, /api/version:
  *        the local backend's answer, passed through.
+ *   POST /api/feedback: sovmesh's extension, a rating or correction of an
+ *        answer for federated learning (front_door_set_feedback).
  *   HEAD / and GET /: "Ollama is running" (clients probe it).
  *   /sovmesh/v1/...: the control API mirror (control_api_dispatch), for
  *        the Network page; see front_door_options.control.
@@ -65,6 +67,8 @@ typedef struct front_door_options {
 int front_door_new(uv_loop_t *loop, const front_door_options *opts, front_door **out,
                    sovmesh_error *err);
 int front_door_port(const front_door *fd);
+/* Serve POST /api/feedback with `fn` (NULL: 404, federated learning off). */
+void front_door_set_feedback(front_door *fd, http_handler_fn fn, void *ud);
 /* Stop listening, cancel routed requests, free; `closed(ud)` then. */
 void front_door_close(front_door *fd, void (*closed)(void *ud), void *ud);
 

@@ -454,6 +454,12 @@ json_t *inference_service_status(const inference_service *s)
 	    (json_int_t)st.failed);
 }
 
+void inference_service_set_feedback(inference_service *s, http_handler_fn fn, void *ud)
+{
+	if (s)
+		front_door_set_feedback(s->door, fn, ud);
+}
+
 void inference_service_stop(inference_service *s)
 {
 	if (!s || s->stopped)

@@ -65,6 +65,8 @@ void inference_service_reload(inference_service *s, const sovmesh_config *next);
  *  "serving": {"enabled", "max_concurrent", "active", "served",
  *              "refused_busy", "refused_off", "failed"}} */
 json_t *inference_service_status(const inference_service *s);
+/* Route the front door's POST /api/feedback to `fn` (fl_service.c). */
+void inference_service_set_feedback(inference_service *s, http_handler_fn fn, void *ud);
 /* Stop taking work: close the front door, cancel routed requests. */
 void inference_service_stop(inference_service *s);
 /* Free the rest (see the life cycle above).  NULL is a no-op. */

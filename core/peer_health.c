@@ -11,6 +11,7 @@ struct peer_health {
 	const identity *id;
 	int64_t default_capacity;
 	peer_health_providers prov;
+	int fl_enabled;
 };
 
 json_t *peer_health_json(const peer_health *h)
@@ -28,12 +29,14 @@ json_t *peer_health_json(const peer_health *h)
 	if (h->prov.thermal)
 		h->prov.thermal(h->prov.ud, &hot, &has_temp, &temp_c);
 	int accepting = h->prov.accepting ? h->prov.accepting(h->prov.ud) : 0;
-	return json_pack("{s:s,s:s,s:i,s:o,s:{s:I,s:I},s:{s:b,s:o},s:b}", "name",
+	int fl = h->fl_enabled;
+	return json_pack("{s:s,s:s,s:i,s:o,s:{s:I,s:I},s:{s:b,s:o},s:b,s:b}", "name",
 	                 h->id->node_name ? h->id->node_name : "", "fingerprint",
 	                 h->id->fingerprint_hex, "protocol", PEER_PROTOCOL_VERSION, "models",
 	                 models, "load", "in_flight", (json_int_t)in_flight, "capacity",
 	                 (json_int_t)capacity, "thermal", "hot", hot, "temp_c",
-	                 has_temp ? json_real(temp_c) : json_null(), "accepting", accepting);
+	                 has_temp ? json_real(temp_c) : json_null(), "accepting", accepting,
+	                 "federated_learning", fl);
 }
 
 static void on_health(void *ud, const http_request *req, http_response *resp)
@@ -80,6 +83,12 @@ void peer_health_set_providers(peer_health *h, const peer_health_providers *prov
 		h->prov = *prov;
 	else
 		memset(&h->prov, 0, sizeof(h->prov));
+}
+
+void peer_health_set_fl_enabled(peer_health *h, int on)
+{
+	if (h)
+		h->fl_enabled = on != 0;
 }
 
 void peer_health_free(peer_health *h)

@@ -58,4 +58,8 @@ json_t *peer_health_json(const peer_health *h);
 
 void peer_health_free(peer_health *h);
 
+/* Say "federated_learning": true in health answers (this node accepts
+ * deltas); off until set. */
+void peer_health_set_fl_enabled(peer_health *h, int on);
+
 #endif

@@ -51,6 +51,7 @@ typedef struct peer_state {
 	int64_t in_flight, capacity;
 	int hot, has_temp;
 	int accepting; /* takes peer inference requests now */
+	int fl_enabled; /* 1 / 0 from its health answer, -1: not said */
 	double temp_c;
 	int64_t last_seen;
 	char addr[HOSTPORT_TEXT_MAX]; /* the address that answered last */
@@ -389,6 +390,8 @@ static int apply_health(peer_state *ps, const char *body, size_t len)
 	/* Absent in answers of nodes that do not serve inference at all. */
 	json_t *acc = json_object_get(root, "accepting");
 	ps->accepting = json_is_boolean(acc) ? json_is_true(acc) : 0;
+	json_t *fl = json_object_get(root, "federated_learning");
+	ps->fl_enabled = json_is_boolean(fl) ? json_is_true(fl) : -1;
 	json_t *temp = json_object_get(th, "temp_c");
 	ps->has_temp = json_is_number(temp) && isfinite(json_number_value(temp)) &&
 	               fabs(json_number_value(temp)) < 1000;
@@ -801,6 +804,7 @@ static void fill_info(const peer_table *t, const trusted_peer *p, peer_info *out
 	out->capacity = ps ? ps->capacity : -1;
 	out->hot = ps ? ps->hot : 0;
 	out->accepting = ps ? ps->accepting : 0;
+	out->fl_enabled = ps ? ps->fl_enabled : -1;
 	out->has_temp = ps ? ps->has_temp : 0;
 	out->temp_c = ps ? ps->temp_c : 0;
 	out->last_seen = ps ? ps->last_seen : 0;
@@ -871,13 +875,14 @@ static json_t *paired_json(const peer_info *pi)
 	                                  pi->has_temp ? json_real(pi->temp_c) : json_null())
 	                      : json_null();
 	return json_pack(
-	    "{s:s,s:s,s:s,s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:b}", "name", pi->name, "fingerprint",
+	    "{s:s,s:s,s:s,s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:b,s:o}", "name", pi->name, "fingerprint",
 	    pi->fingerprint_hex, "short_fingerprint", short_fp, "address", str_or_null(pi->address),
 	    "status", pi->status == PEER_CONNECTED ? "connected" : "offline", "latency_ms",
 	    pi->latency_ms >= 0 ? json_real(round(pi->latency_ms * 10) / 10) : json_null(),
 	    "models", models ? models : json_array(), "load", load, "thermal", thermal, "last_seen",
 	    pi->last_seen ? json_integer(pi->last_seen) : json_null(), "last_sync",
-	    pi->last_sync ? json_integer(pi->last_sync) : json_null(), "accepting", pi->accepting);
+	    pi->last_sync ? json_integer(pi->last_sync) : json_null(), "accepting", pi->accepting,
+	    "federated_learning", pi->fl_enabled < 0 ? json_null() : json_boolean(pi->fl_enabled));
 }
 
 static void pairing_address(const disc_entry *e, char out[HOSTPORT_TEXT_MAX])

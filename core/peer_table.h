@@ -72,6 +72,7 @@ typedef struct peer_info {
 	int64_t in_flight, capacity; /* -1: unknown */
 	int hot;
 	int accepting; /* its health answer says it takes peer requests now */
+	int fl_enabled; /* its health answer says federated learning is on: 1 / 0; -1 not said */
 	int has_temp;
 	double temp_c;
 	int64_t last_seen; /* Unix seconds of the last good check, 0 = never */
@@ -131,7 +132,7 @@ int peer_table_lookup(const peer_table *t, const char *fingerprint_hex, peer_inf
  *                "models": [..], "load": {"in_flight", "capacity"}|null,
  *                "thermal": {"hot", "temp_c": n|null}|null,
  *                "last_seen": n|null, "last_sync": n|null,
- *                "accepting": bool}],
+ *                "accepting": bool, "federated_learning": bool|null}],
  *    "discovered": [{"name"|null, "fingerprint"|null, "address", "source",
  *                    "pairing_open": bool, "pairing_address": "h:p"|null}]}
  * "discovered" lists devices that are neither paired nor this node.

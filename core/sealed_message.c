@@ -52,13 +52,17 @@ struct sealed_replay_cache {
 
 static const char *request_label(enum sealed_media m)
 {
-	return m == SEALED_MEDIA_BHTTP ? "message/bhttp request" : "message/sovmesh-request";
+	if (m == SEALED_MEDIA_BHTTP)
+		return "message/bhttp request";
+	return m == SEALED_MEDIA_SOVMESH_FL ? "message/sovmesh-fl-delta" : "message/sovmesh-request";
 }
 
 static const char *response_label(enum sealed_media m, int chunked)
 {
 	if (m == SEALED_MEDIA_BHTTP)
 		return chunked ? "message/bhttp chunked response" : "message/bhttp response";
+	if (m == SEALED_MEDIA_SOVMESH_FL)
+		return "message/sovmesh-fl-response";
 	return chunked ? "message/sovmesh-chunked-response" : "message/sovmesh-response";
 }
 
@@ -133,7 +137,7 @@ int sealed_request_seal(const struct sealed_key *key, enum sealed_media media, c
 	put_u16(hdr + 5, suite.aead_id);
 	size_t info_len = sealed_request_info(media, hdr, info);
 
-	size_t ts_len = media == SEALED_MEDIA_SOVMESH ? SEALED_TS_LEN : 0;
+	size_t ts_len = media != SEALED_MEDIA_BHTTP ? SEALED_TS_LEN : 0;
 	size_t body_len = ts_len + pt_len;
 	size_t n = SEALED_HDR_LEN + HPKE_NENC + body_len + HPKE_NT;
 	struct sealed_client *c = calloc(1, sizeof(*c));
@@ -177,8 +181,8 @@ int sealed_request_open(const struct sealed_gateway_key *key, enum sealed_media 
                         struct sealed_server **server_out)
 {
 	uint8_t info[64];
-	size_t ts_len = media == SEALED_MEDIA_SOVMESH ? SEALED_TS_LEN : 0;
-	if (media == SEALED_MEDIA_SOVMESH && cache == NULL)
+	size_t ts_len = media != SEALED_MEDIA_BHTTP ? SEALED_TS_LEN : 0;
+	if (media != SEALED_MEDIA_BHTTP && cache == NULL)
 		return -EINVAL;
 	if (msg_len < SEALED_HDR_LEN + HPKE_NENC + HPKE_NT + ts_len)
 		return -EBADMSG;

@@ -51,6 +51,10 @@
 enum sealed_media {
 	SEALED_MEDIA_BHTTP,   /* RFC 9458 labels, for the RFC check */
 	SEALED_MEDIA_SOVMESH, /* sovmesh payloads, with a timestamp */
+	/* Federated-learning deltas (fl_exchange.h): as SOVMESH, with the
+	 * labels "message/sovmesh-fl-delta" / "message/sovmesh-fl-response",
+	 * so neither kind of request opens as the other. */
+	SEALED_MEDIA_SOVMESH_FL,
 };
 
 /* What a client needs to seal to a peer: its key id, the AEAD to use and

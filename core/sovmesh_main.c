@@ -34,6 +34,15 @@ static const char usage_text[] =
     "  ask [--model M] TEXT   ask the mesh (local backend, else a paired peer,\n"
     "                         else the answer cache, else a template answer)\n"
     "  cache stats|clear      the answer cache\n"
+    "  feedback up|down --prompt TEXT --response TEXT [--model M]\n"
+    "  feedback correct --prompt TEXT [--response TEXT] --correction TEXT\n"
+    "                         rate an answer or correct it: a training sample\n"
+    "                         (texts also from files: --prompt-file F, ...)\n"
+    "  fl status              federated learning: samples, rounds, budget, adapter\n"
+    "  fl rollback            back to the previous adapter\n"
+    "  budget                 the privacy budget (ε) and its history\n"
+    "  budget new-period [--total X] --yes\n"
+    "                         start a new budget period (privacy loss adds up)\n"
     "\n"
     "Offline research tools (no daemon needed):\n"
     "  fl aggregate --method NAME [--param K=V ...] --out OUT IN[:WEIGHT] ...\n"
@@ -218,7 +227,11 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "pair") == 0)
 		return cli_cmd_pair(&c, sub_argc, sub_argv);
 	if (strcmp(cmd, "fl") == 0)
-		return cli_cmd_fl(&c, sub_argc, sub_argv);
+		return cli_cmd_fl_route(&c, sub_argc, sub_argv);
+	if (strcmp(cmd, "feedback") == 0)
+		return cli_cmd_feedback(&c, sub_argc, sub_argv);
+	if (strcmp(cmd, "budget") == 0)
+		return cli_cmd_budget(&c, sub_argc, sub_argv);
 	if (strcmp(cmd, "ask") == 0)
 		return cli_cmd_ask(&c, sub_argc, sub_argv);
 	if (strcmp(cmd, "cache") == 0)

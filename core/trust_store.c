@@ -689,6 +689,26 @@ int trust_store_remove(trust_store *ts, const char *fingerprint_hex, sovmesh_err
 
 /* See trust_store.h.  `hostport` borrowed.  Writes the file only when the
  * list changes; no change callback (the peer is the same). */
+int trust_store_note_sync(trust_store *ts, const char *fingerprint_hex, int64_t when,
+                          sovmesh_error *err)
+{
+	char fp[IDENTITY_FP_HEX_LEN + 1];
+	if (normalise_fp(fingerprint_hex, fp) < 0)
+		return ts_fail(err, -EINVAL, "peer fingerprint is not 64 hex digits");
+	ssize_t at = index_of(ts, fp);
+	if (at < 0)
+		return ts_fail(err, -ENOENT, "no paired peer has fingerprint %s", fp);
+	trusted_peer *p = &ts->peers[at];
+	int64_t old = p->last_sync;
+	if (when <= old)
+		return 0;
+	p->last_sync = when;
+	int r = persist(ts, (size_t)-1, err);
+	if (r < 0)
+		p->last_sync = old;
+	return r;
+}
+
 int trust_store_note_address(trust_store *ts, const char *fingerprint_hex, const char *hostport,
                              sovmesh_error *err)
 {

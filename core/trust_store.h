@@ -53,6 +53,10 @@ int trust_store_resolve(const trust_store *ts, const char *what, const trusted_p
 int trust_store_add(trust_store *ts, const trusted_peer *p, sovmesh_error *err);
 /* Remove and persist; -ENOENT if absent. */
 int trust_store_remove(trust_store *ts, const char *fingerprint_hex, sovmesh_error *err);
+/* Record that a federated-learning delta went to or came from a peer at
+ * `when` (Unix seconds); persisted.  -ENOENT if not paired. */
+int trust_store_note_sync(trust_store *ts, const char *fingerprint_hex, int64_t when,
+                          sovmesh_error *err);
 /* Record an address seen for a peer (front of the list, max 4 kept). */
 int trust_store_note_address(trust_store *ts, const char *fingerprint_hex, const char *hostport,
                              sovmesh_error *err);

@@ -636,10 +636,11 @@ enable-reflector=no
     # ---- sovmeshd ----
 
     def write_config(self, i, config_extra="", mesh_extra="", pairing_extra="",
-                     node_extra="", listen_ip=None):
+                     node_extra="", listen_ip=None, fl=None):
         """Write host i's sovmeshd config. The *_extra strings go inside the
         node/mesh/pairing groups; config_extra is appended at top level (it
-        must not repeat those groups)."""
+        must not repeat those groups). `fl` is the body of the
+        federated_learning group (default: off)."""
         h = self.hosts[i]
         ip = listen_ip or h.ip
         with open(h.conf, "w") as f:
@@ -647,14 +648,15 @@ enable-reflector=no
 node = { name = "%s"; state_dir = "%s"; log_level = "debug"; %s };
 mesh = { peer_listen = "%s:%d"; %s };
 pairing = { listen = "%s:%d"; %s };
-federated_learning = { enabled = false; };
+federated_learning = { %s };
 %s
 """ % (h.name, h.state_dir, node_extra, ip, h.peer_port, mesh_extra,
-                ip, h.pair_port, pairing_extra, config_extra))
+                ip, h.pair_port, pairing_extra,
+                "enabled = false;" if fl is None else fl, config_extra))
         return h.conf
 
     def start_host(self, i, config_extra="", mesh_extra="", pairing_extra="",
-                   node_extra="", listen_ip=None, wait=True, args=()):
+                   node_extra="", listen_ip=None, wait=True, args=(), fl=None, env_extra=None):
         """Start sovmeshd on host i (its own state dir, config and log).
 
         peer_listen / pairing.listen are host i's address (listen_ip, e.g.
@@ -665,9 +667,10 @@ federated_learning = { enabled = false; };
         if h.sovmeshd is not None and h.sovmeshd.alive():
             raise HarnessError("sovmeshd of %s is already running" % h.name)
         os.makedirs(h.state_dir, mode=0o700, exist_ok=True)
-        self.write_config(i, config_extra, mesh_extra, pairing_extra, node_extra, listen_ip)
+        self.write_config(i, config_extra, mesh_extra, pairing_extra, node_extra, listen_ip, fl)
         env = dict(os.environ)
         env.pop("SOVMESH_PLUGIN_PATH", None)
+        env.update(env_extra or {})
         log_path = os.path.join(h.dir, "sovmeshd.log")
         with open(log_path, "a") as f:
             f.write("==== harness: sovmeshd start at %.3f ====\n" % time.time())

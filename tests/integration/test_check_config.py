@@ -21,7 +21,7 @@ class CheckConfigTest(DaemonTestCase):
         r = self.check(self.conf())
         self.assertEqual(r.returncode, 0, r.stderr)
         # backend-ollama, cache-semantic, discovery-mdns, agg-fedavg, dp-laplace
-        self.assertIn("configuration OK (5 plugins checked)", r.stdout)
+        self.assertIn("configuration OK (6 plugins checked)", r.stdout)
         r = run([SOVMESHD, "--check-config"], env={"SOVMESH_STATE_DIR": self.dir})
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("<embedded default>: configuration OK", r.stdout)

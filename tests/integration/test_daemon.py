@@ -60,13 +60,14 @@ class DaemonTest(DaemonTestCase):
         self.assertEqual(st["node_name"], "test-node")
         self.assertEqual(st["pid"], d.proc.pid)
         self.assertEqual(st["state_dir"], state)
-        self.assertEqual(st["plugins_loaded"], 5)  # ollama, semantic, mdns, fedavg, laplace
+        self.assertEqual(st["plugins_loaded"], 6)  # ollama, semantic, mdns, fedavg, laplace, reference
 
         r = self.cli(sock, "plugins", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
         plugins = {p["label"]: p for p in json.loads(r.stdout)["plugins"]}
         self.assertEqual(sorted(plugins), ["agg-fedavg", "backend-ollama", "cache-semantic",
-                                           "discovery-mdns", "dp-laplace"])
+                                           "discovery-mdns", "dp-laplace",
+                                           "trainer-reference"])
         self.assertEqual(plugins["agg-fedavg"]["kind"], "aggregator")
         self.assertEqual(plugins["agg-fedavg"]["abi"], "1.0")
         self.assertTrue(plugins["dp-laplace"]["file"].endswith("dp-laplace.so"))
@@ -97,7 +98,7 @@ class DaemonTest(DaemonTestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         st = json.loads(r.stdout)
         self.assertEqual(st["config"], "<embedded default>")
-        self.assertEqual(st["plugins_loaded"], 5)  # ollama, semantic, mdns, fedavg, laplace
+        self.assertEqual(st["plugins_loaded"], 6)  # ollama, semantic, mdns, fedavg, laplace, reference
         self.assertEqual(d.stop(), 0, d.log())
 
     def test_sighup_reload(self):

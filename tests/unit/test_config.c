@@ -58,6 +58,13 @@ static const char *const all_keys[] = {
     "federated_learning.aggregation_method",
     "federated_learning.noise_mechanism",
     "federated_learning.noise_clip",
+    "federated_learning.privacy_budget",
+    "federated_learning.trainer",
+    "federated_learning.train_timeout_secs",
+    "federated_learning.aggregation_wait_secs",
+    "federated_learning.max_delta_bytes",
+    "federated_learning.base_model",
+    "federated_learning.adapted_model",
     "plugin_settings",
 };
 
@@ -149,6 +156,13 @@ static void assert_defaults(const sovmesh_config *cfg)
 	assert_string_equal(cfg->aggregation_method, "fedavg");
 	assert_string_equal(cfg->noise_mechanism, "laplace");
 	assert_true(cfg->noise_clip == 1.0);
+	assert_true(cfg->privacy_budget == 10.0);
+	assert_string_equal(cfg->fl_trainer, "reference");
+	assert_int_equal(cfg->train_timeout_secs, 3600);
+	assert_int_equal(cfg->aggregation_wait_secs, 60);
+	assert_int_equal(cfg->max_delta_bytes, 67108864);
+	assert_string_equal(cfg->fl_base_model, "");
+	assert_string_equal(cfg->fl_adapted_model, "");
 }
 
 static void test_embedded_default(void **state)
