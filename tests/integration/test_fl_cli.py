@@ -319,6 +319,62 @@ plugin_settings = { backend-ollama = { url = "%s"; connect_timeout_ms = 2000; };
 
     # ---- federated learning off ----
 
+    # ---- the front door's POST /api/feedback ----
+
+    def api(self, body, headers=None):
+        """POST /api/feedback on the daemon's front door; (status, JSON)."""
+        import http.client
+        api = self.json_of("status")["inference"]["api"]
+        host, port = api.rsplit(":", 1)
+        c = http.client.HTTPConnection(host, int(port), timeout=30)
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        h = {"Content-Type": "application/json"}
+        h.update(headers or {})
+        c.request("POST", "/api/feedback", data, h)
+        r = c.getresponse()
+        raw = r.read()
+        c.close()
+        return r.status, json.loads(raw) if raw.strip().startswith(b"{") else raw
+
+    def test_front_door_feedback(self):
+        self.boot("sync_after_n_samples = 100;")
+        st, j = self.api({"prompt": "p1", "response": "r1", "rating": "up", "model": "m"})
+        self.assertEqual((st, j["id"], j["pending"]), (200, 1, 1), j)
+        st, j = self.api({"prompt": "p2", "response": "r2", "correction": "c2"})
+        self.assertEqual((st, j["pending"]), (200, 2), j)
+        bad = [
+            (b"{not json", "not JSON"),
+            (b"[1, 2]", "must be a JSON object"),
+            ({"prompt": "p", "response": "r", "rating": "up", "extra": 1},
+             "unknown field 'extra'"),
+            ({"prompt": "p", "response": "r", "rating": "sideways"}, "'rating' must be"),
+            ({"prompt": 5, "response": "r", "rating": "up"}, "'prompt' must be a string"),
+            ({"response": "r", "rating": "up"}, "prompt"),
+            ({"prompt": "p", "rating": "up"}, "response"),
+            ({"prompt": "p", "response": "r"}, "correction"),
+            ({"prompt": "x" * 70000, "response": "r", "rating": "down"}, "longer than"),
+        ]
+        for body, message in bad:
+            with self.subTest(body=str(body)[:60]):
+                st, j = self.api(body)
+                self.assertEqual(st, 400, j)
+                self.assertIn(message, j["error"])
+        # Another site's page in the browser, and a DNS-rebinding Host.
+        st, _ = self.api({"prompt": "p", "response": "r", "rating": "up"},
+                         {"Origin": "https://evil.example"})
+        self.assertEqual(st, 403)
+        st, _ = self.api({"prompt": "p", "response": "r", "rating": "up"},
+                         {"Host": "evil.example:11435"})
+        self.assertEqual(st, 403)
+        # Nothing of the refused ones was stored.
+        self.assertEqual(self.status()["samples_total"], 2)
+
+    def test_front_door_feedback_off(self):
+        self.boot("enabled = false;")
+        st, j = self.api({"prompt": "p", "response": "r", "rating": "up"})
+        self.assertEqual(st, 404, j)
+        self.assertIn("federated learning is off", j["error"])
+
     def test_federated_learning_off(self):
         self.boot("enabled = false;")
         r = self.ok("fl", "status")
