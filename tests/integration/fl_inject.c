@@ -165,6 +165,7 @@ int main(int argc, char **argv)
 	fl_exchange_free(x);
 	peer_client_free(pc, NULL, NULL);
 	uv_run(&loop, UV_RUN_DEFAULT);
+	uv_loop_close(&loop);
 	free(pt);
 	tset_free(layout);
 	trust_store_free(ts);

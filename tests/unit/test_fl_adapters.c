@@ -484,8 +484,8 @@ static void test_malformed_history(void **state)
 	    "{\"version\":1,\"history\":[\"initial\",\"b000001\"]}",
 	    "{\"version\":1,\"history\":[\"initial\",7]}",
 	    "{\"version\":1,\"history\":[\"initial\",\"\"]}",
-	    "{\"version\":1,\"history\":[\"initial\",\"a000001\",\"a000002\",\"a000003\","
-	    "\"a000004\",\"a000005\",\"a000006\"]}",
+	    ("{\"version\":1,\"history\":[\"initial\",\"a000001\",\"a000002\",\"a000003\","
+	     "\"a000004\",\"a000005\",\"a000006\"]}"),
 	    /* A repeated name: a rollback would delete the current adapter. */
 	    "{\"version\":1,\"history\":[\"initial\",\"a000001\",\"a000001\"]}",
 	    "{\"version\":1,\"history\":[\"initial\",\"initial\"]}",
