@@ -46,6 +46,7 @@ enum key_type {
 enum key_check {
 	CHECK_NONE,
 	CHECK_LOG_LEVEL,    /* string -> int log level */
+	CHECK_ACCOUNTANT,   /* "basic" | "rdp" */
 	CHECK_PLUGIN_NAME,  /* [a-z0-9][a-z0-9_]*; aux is the file prefix */
 	CHECK_PLUGIN_NAMES, /* "" or comma-separated plugin names; aux as above */
 	CHECK_OPT_PLUGIN_NAME, /* "" (none) or one plugin name; aux as above */
@@ -146,6 +147,10 @@ static const key_def schema[] = {
     {"federated_learning.aggregation_method",   KT_STRING,      "fedavg",  0, 0, 0, 0,           CHECK_PLUGIN_NAME, "agg",       FIELD(aggregation_method), 0},
     {"federated_learning.noise_mechanism",      KT_STRING,      "laplace", 0, 0, 0, 0,           CHECK_PLUGIN_NAME, "dp",        FIELD(noise_mechanism), 0},
     {"federated_learning.noise_clip",           KT_FLOAT,       "1.0",     1, 1, 0, 1e6,         CHECK_NONE,        NULL,        FIELD(noise_clip), 0},
+    {"federated_learning.noise_delta",          KT_FLOAT,       "0.0",     1, 0, 0, 0.1,         CHECK_NONE,        NULL,        FIELD(noise_delta), 0},
+    {"federated_learning.accountant",           KT_STRING,      "basic",   0, 0, 0, 0,           CHECK_ACCOUNTANT,  NULL,        FIELD(fl_accountant), 0},
+    {"federated_learning.target_delta",         KT_FLOAT,       "1e-6",    1, 1, 0, 0.1,         CHECK_NONE,        NULL,        FIELD(target_delta), 0},
+    {"federated_learning.allow_no_noise",       KT_BOOL,        "false",   0, 0, 0, 0,           CHECK_NONE,        NULL,        FIELD(allow_no_noise), 0},
     {"federated_learning.privacy_budget",       KT_FLOAT,       "10.0",    1, 1, 0, 1e6,         CHECK_NONE,        NULL,        FIELD(privacy_budget), 0},
     {"federated_learning.trainer",              KT_STRING,      "reference", 0, 0, 0, 0,         CHECK_PLUGIN_NAME, "trainer",   FIELD(fl_trainer), 0},
     {"federated_learning.train_timeout_secs",   KT_INT,         "3600",    1, 0, 1, 604800,      CHECK_NONE,        NULL,        FIELD(train_timeout_secs), 0},
@@ -415,6 +420,13 @@ static int check_string(const load_ctx *ctx, const key_def *k, const config_sett
 			return fail_at(ctx, s, k->path,
 			               "unknown log level '%s'; expected one of error, warning, "
 			               "notice, info, debug",
+			               v);
+		return 0;
+	case CHECK_ACCOUNTANT:
+		if (strcmp(v, "basic") != 0 && strcmp(v, "rdp") != 0)
+			return fail_at(ctx, s, k->path,
+			               "unknown accountant '%s'; expected \"basic\" (add up ε) or "
+			               "\"rdp\" (Rényi DP for Laplace and Gaussian noise)",
 			               v);
 		return 0;
 	case CHECK_OPT_PLUGIN_NAME:
@@ -951,6 +963,14 @@ static int load_text_unchecked(const char *text, const char *name, const char *d
 		r = apply_group(&ctx, cfg, config_root_setting(&cfg->tree), "");
 	if (!r)
 		r = fill_computed(&ctx, cfg);
+	if (!r && cfg->fl_enabled && strcmp(cfg->noise_mechanism, "none") == 0 &&
+	    !cfg->allow_no_noise) {
+		const config_setting_t *s = config_lookup(&cfg->tree, "federated_learning.noise_mechanism");
+		r = fail_at(&ctx, s, "federated_learning.noise_mechanism",
+		            "\"none\" adds no noise: deltas would leave this device without "
+		            "differential privacy; set federated_learning.allow_no_noise = true to "
+		            "allow it for experiments");
+	}
 	if (r) {
 		config_free(cfg);
 		return r;
@@ -1097,6 +1117,7 @@ void config_free(sovmesh_config *cfg)
 	free(cfg->aggregation_method);
 	free(cfg->noise_mechanism);
 	free(cfg->fl_trainer);
+	free(cfg->fl_accountant);
 	free(cfg->fl_base_model);
 	free(cfg->fl_adapted_model);
 	free(cfg);

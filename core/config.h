@@ -72,6 +72,10 @@ typedef struct sovmesh_config {
 	char *aggregation_method;
 	char *noise_mechanism;
 	double noise_clip;
+	double noise_delta;             /* δ per sync (Gaussian noise; 0 for Laplace) */
+	char *fl_accountant;            /* "basic" | "rdp" (privacy_accountant.h) */
+	double target_delta;            /* δ the RDP accountant converts to */
+	int allow_no_noise;             /* noise_mechanism "none" is refused unless set */
 	double privacy_budget;          /* total ε of a budget period (fl_store.h) */
 	char *fl_trainer;               /* plugin trainer-<name>.so */
 	int64_t train_timeout_secs;

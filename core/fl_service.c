@@ -23,6 +23,7 @@
 #include "fl_delta.h"
 #include "fl_exchange.h"
 #include "fl_store.h"
+#include "privacy_accountant.h"
 #include "hostport.h"
 #include "log.h"
 #include "random.h"
@@ -72,7 +73,8 @@ struct fl_service {
 	/* Reloadable settings. */
 	int64_t sync_after;
 	int64_t max_peers;
-	double epsilon, clip, budget_total;
+	double epsilon, clip, budget_total, noise_delta;
+	accountant_kind acct;
 	int64_t wait_secs;
 	size_t max_delta;
 	int64_t train_timeout_secs;
@@ -155,6 +157,7 @@ static void take_settings(fl_service *s, const sovmesh_config *cfg)
 	s->max_peers = cfg->max_peers;
 	s->epsilon = cfg->noise_epsilon;
 	s->clip = cfg->noise_clip;
+	s->noise_delta = cfg->noise_delta;
 	s->budget_total = cfg->privacy_budget;
 	s->wait_secs = cfg->aggregation_wait_secs;
 	s->max_delta = (size_t)cfg->max_delta_bytes;
@@ -166,6 +169,11 @@ static void take_settings(fl_service *s, const sovmesh_config *cfg)
 	s->adapted_model = dup_or_empty(cfg->fl_adapted_model);
 	s->default_model = dup_or_empty(cfg->inference_default_model);
 	fl_exchange_set_max(s->x, s->max_delta);
+	accountant_kind k = ACCOUNTANT_BASIC;
+	accountant_parse(cfg->fl_accountant, &k); /* config.c checked the name */
+	s->acct = k;
+	if (s->store)
+		fl_store_set_accountant(s->store, k, cfg->target_delta);
 }
 
 static void set_current(fl_service *s, sovmesh_tensor_set *set, char *config_json)
@@ -319,6 +327,7 @@ struct round_job {
 	char no_sync[300];
 	sovmesh_noise_params params;
 	sovmesh_privacy_cost cost;
+	double charged; /* ε recorded in the ledger for this round's sync */
 	/* Results of the work. */
 	sovmesh_tensor_set *trained, *delta, *noisy;
 	sovmesh_train_report report;
@@ -476,6 +485,24 @@ static void dump_plaintext(const fl_service *s, const round_job *j, const fl_pee
 		log_warning("fl: plaintext dump: %s", err.message);
 }
 
+/* A mechanism without privacy (dp-none, allowed by
+ * federated_learning.allow_no_noise): its ε is unbounded. */
+static int no_privacy(const sovmesh_privacy_cost *c)
+{
+	return c->family == SOVMESH_NOISE_NONE || !isfinite(c->epsilon);
+}
+
+/* Would one more release of `cost` fit?  Basic: spent + ε <= total.  RDP
+ * composes, so the ledger's own check decides at charge time; here the
+ * cheap bound "something is left" is enough to decide to train for a
+ * sync. */
+static int fits_budget(const fl_service *s, const fl_budget *b, const sovmesh_privacy_cost *cost)
+{
+	if (s->acct == ACCOUNTANT_RDP)
+		return b->remaining > 0;
+	return b->spent + cost->epsilon <= b->total + 1e-9;
+}
+
 /* Steps 4 and 5: charge, then seal and send. */
 static void charge_and_send(fl_service *s, round_job *j)
 {
@@ -495,9 +522,29 @@ static void charge_and_send(fl_service *s, round_job *j)
 	for (size_t i = 0; fps && i < n; i++)
 		json_array_append_new(fps, json_string(peers[i].fp));
 	sovmesh_error err = {0};
-	int r = fps ? fl_store_charge(s->store, s->budget_total, j->round_id, j->cost.epsilon,
-	                              j->cost.delta, s->ctx.noise->plugin->desc->name, fps,
-	                              (int64_t)time(NULL), &err)
+	j->charged = j->cost.epsilon;
+	if (no_privacy(&j->cost)) {
+		/* ε is infinite: the ledger cannot record more than the
+		 * period's total, so the sync takes all that is left. */
+		fl_budget b;
+		j->charged = fl_store_budget(s->store, s->budget_total, &b, &err) == 0 ? b.remaining
+		                                                                        : 0;
+		log_warning("fl: round %" PRId64 ": sending a delta WITHOUT noise "
+		            "(noise_mechanism = none, allow_no_noise = true): no differential "
+		            "privacy; the rest of this budget period (ε %g) is charged",
+		            j->round_id, j->charged);
+		if (!(j->charged > 0))
+			j->charged = INFINITY; /* refused below: nothing is left */
+	}
+	accountant_release rel = {
+	    .family = no_privacy(&j->cost) ? SOVMESH_NOISE_OTHER : j->cost.family,
+	    .noise_multiplier = j->cost.noise_multiplier,
+	    .epsilon = j->charged,
+	    .delta = j->cost.delta,
+	};
+	int r = fps ? fl_store_charge_release(s->store, s->budget_total, j->round_id, &rel,
+	                                      s->ctx.noise->plugin->desc->name, fps,
+	                                      (int64_t)time(NULL), &err)
 	            : -ENOMEM;
 	json_decref(fps);
 	if (r < 0) {
@@ -567,7 +614,7 @@ static void charge_and_send(fl_service *s, round_job *j)
 	}
 	if (j->sends_pending == 0) {
 		fmt_to(j->outcome, sizeof(j->outcome),
-		         "trained locally; charged ε=%g but no peer could be reached", j->cost.epsilon);
+		         "trained locally; charged ε=%g but no peer could be reached", j->charged);
 		finish_round(s, j, 1);
 		return;
 	}
@@ -595,7 +642,7 @@ static void send_done(void *ud, int code, long status, const char *message)
 	if (j->sends_pending)
 		return;
 	fmt_to(j->outcome, sizeof(j->outcome), "synced with %zu of %zu peer%s (ε=%g spent)",
-	         j->sent_ok, j->n_peers, j->n_peers == 1 ? "" : "s", j->cost.epsilon);
+	       j->sent_ok, j->n_peers, j->n_peers == 1 ? "" : "s", j->charged);
 	finish_round(s, j, 1);
 }
 
@@ -688,7 +735,8 @@ static void maybe_start_round(fl_service *s)
 	/* Decide before training whether this round may sync: the budget and
 	 * at least one peer.  The charge itself happens after training. */
 	j->params = (sovmesh_noise_params){
-	    .size = sizeof(j->params), .epsilon = s->epsilon, .delta = 0, .clip = s->clip};
+	    .size = sizeof(j->params), .epsilon = s->epsilon, .delta = s->noise_delta,
+	    .clip = s->clip};
 	j->cost.size = sizeof(j->cost);
 	fl_peer probe[1];
 	fl_budget b;
@@ -699,7 +747,8 @@ static void maybe_start_round(fl_service *s)
 	} else if (fl_store_budget(s->store, s->budget_total, &b, &cerr) < 0) {
 		fmt_to(j->no_sync, sizeof(j->no_sync), "the privacy ledger failed: %s",
 		         cerr.message);
-	} else if (b.spent + j->cost.epsilon > b.total + 1e-9) {
+	} else if (no_privacy(&j->cost) ? b.remaining <= 0
+	                                : !fits_budget(s, &b, &j->cost)) {
 		fmt_to(j->no_sync, sizeof(j->no_sync),
 		         "privacy budget spent: %g of %g used, a sync needs %g (see `sovmesh budget`)",
 		         b.spent, b.total, j->cost.epsilon);

@@ -12,6 +12,7 @@
  * Every statement is prepared once at open; user text is only ever bound.
  */
 #include "fl_store.h"
+#include "privacy_accountant.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -30,7 +31,9 @@
 
 /* "SMFL": marks the file as ours in the SQLite header. */
 #define FL_APPLICATION_ID 0x534d464c
-#define FL_SCHEMA_VERSION 1
+/* 1: first release; 2: charges keep the noise family and multiplier (for
+ * the RDP accountant); version 1 files are migrated in place. */
+#define FL_SCHEMA_VERSION 2
 #define BUSY_TIMEOUT_MS   5000
 /* Float sums of ε may be off by an ulp or so (ten charges of 0.1 must fit
  * a budget of 1); this much slack never lets a whole release through. */
@@ -61,6 +64,7 @@ enum {
 	S_PERIOD_ADD,
 	S_PERIOD_COUNT,
 	S_PERIOD_LOWER,
+	S_PERIOD_RELEASES,
 	S_PERIODS,
 	S_CHARGE_ADD,
 	S_HISTORY,
@@ -108,15 +112,18 @@ static const char *const sql_text[S_COUNT] = {
     [S_PERIOD_COUNT] = "SELECT count(*) FROM periods",
     /* A lowered total is written into the period: raising the key later
      * cannot bring the old, higher total back (fl_store.h). */
+    [S_PERIOD_RELEASES] = "SELECT family, noise_multiplier, epsilon, delta FROM charges "
+                          "WHERE period_id = ?1 ORDER BY id",
     [S_PERIOD_LOWER] = "UPDATE periods SET total = ?1 WHERE id = (SELECT max(id) FROM periods) "
                        "AND total > ?1",
     [S_PERIODS] = "SELECT p.id, p.started, p.total, (SELECT COALESCE(SUM(c.epsilon), 0.0) "
                   "FROM charges c WHERE c.period_id = p.id), p.reason FROM periods p "
                   "ORDER BY p.id DESC",
     [S_CHARGE_ADD] = "INSERT INTO charges (period_id, time, round_id, epsilon, delta, "
-                     "mechanism, peers) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    [S_HISTORY] = "SELECT time, round_id, epsilon, delta, mechanism, peers, period_id "
-                  "FROM charges ORDER BY id DESC LIMIT ?1",
+                     "mechanism, peers, family, noise_multiplier) "
+                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    [S_HISTORY] = "SELECT time, round_id, epsilon, delta, mechanism, peers, period_id, "
+                  "family, noise_multiplier FROM charges ORDER BY id DESC LIMIT ?1",
     [S_INBOX_ADD] = "INSERT INTO inbox (sender_fp, sender_name, path, received, samples, "
                     "sender_round) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     [S_INBOX_PENDING] = "SELECT id, sender_fp, sender_name, path, received, samples, "
@@ -165,7 +172,9 @@ static const char schema_sql[] =
     " epsilon REAL NOT NULL CHECK (epsilon > 0),"
     " delta REAL NOT NULL CHECK (delta >= 0),"
     " mechanism TEXT NOT NULL,"
-    " peers TEXT NOT NULL);"
+    " peers TEXT NOT NULL,"
+    " family INTEGER NOT NULL DEFAULT 0,"
+    " noise_multiplier REAL NOT NULL DEFAULT 0);"
     "CREATE INDEX IF NOT EXISTS charges_period ON charges (period_id);"
     "CREATE INDEX IF NOT EXISTS charges_round ON charges (round_id);"
     "CREATE TABLE IF NOT EXISTS inbox ("
@@ -190,6 +199,9 @@ struct fl_store {
 	sqlite3 *db;
 	char *path;
 	int had_wal; /* a -wal file was there before we opened it */
+	int64_t version; /* the file's schema version when opened (0: new) */
+	accountant_kind acct;
+	double target_delta;
 	sqlite3_stmt *st[S_COUNT];
 };
 
@@ -437,6 +449,7 @@ static int check_file(fl_store *s, int *fresh, sovmesh_error *err)
 	    pragma(s, "SELECT count(*) FROM sqlite_master", &objects, NULL, 0) != SQLITE_OK)
 		return fail_db(s, err, "cannot read it");
 	*fresh = app_id == 0 && version == 0 && objects == 0;
+	s->version = version;
 	if (*fresh)
 		return 0;
 	if (app_id != FL_APPLICATION_ID)
@@ -550,6 +563,19 @@ static int open_checked(fl_store *s, double configured_total, sovmesh_error *err
 		         schema_sql, FL_APPLICATION_ID, FL_SCHEMA_VERSION);
 		if (sqlite3_exec(s->db, sql, NULL, NULL, NULL) != SQLITE_OK) {
 			r = fail_db(s, err, "cannot create the schema");
+			if (!sqlite3_get_autocommit(s->db))
+				sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+			return r;
+		}
+	}
+	if (!fresh && s->version == 1) {
+		static const char migrate[] =
+		    "BEGIN IMMEDIATE;"
+		    "ALTER TABLE charges ADD COLUMN family INTEGER NOT NULL DEFAULT 0;"
+		    "ALTER TABLE charges ADD COLUMN noise_multiplier REAL NOT NULL DEFAULT 0;"
+		    "PRAGMA user_version = 2; COMMIT";
+		if (sqlite3_exec(s->db, migrate, NULL, NULL, NULL) != SQLITE_OK) {
+			r = fail_db(s, err, "cannot upgrade its schema from version 1");
 			if (!sqlite3_get_autocommit(s->db))
 				sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 			return r;
@@ -909,6 +935,58 @@ static int current_period(fl_store *s, period_row *p, sovmesh_error *err)
 	return r;
 }
 
+/*
+ * ε and δ spent in period `period_id` under the store's accountant, with
+ * `extra` (may be NULL) as one more release: basic composition adds the
+ * charges up; RDP composes Laplace and Gaussian ones (privacy_accountant.h).
+ */
+static int period_spent(fl_store *s, int64_t period_id, const accountant_release *extra,
+                        double *eps, double *delta, sovmesh_error *err)
+{
+	accountant_release *rel = NULL;
+	size_t n = 0, cap = 0;
+	sqlite3_stmt *st = s->st[S_PERIOD_RELEASES];
+	sqlite3_bind_int64(st, 1, period_id);
+	int rc, r = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (n == cap) {
+			cap = cap ? 2 * cap : 16;
+			accountant_release *g = realloc(rel, (cap + 1) * sizeof(*g));
+			if (!g) {
+				r = sovmesh_fail(err, -ENOMEM, "out of memory");
+				break;
+			}
+			rel = g;
+		}
+		rel[n++] = (accountant_release){
+		    .family = (sovmesh_noise_family)sqlite3_column_int(st, 0),
+		    .noise_multiplier = sqlite3_column_double(st, 1),
+		    .epsilon = sqlite3_column_double(st, 2),
+		    .delta = sqlite3_column_double(st, 3),
+		};
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = fail_db(s, err, "cannot read the privacy ledger");
+	done_stmt(st);
+	if (r == 0 && extra) {
+		accountant_release *g = realloc(rel, (n + 1) * sizeof(*g));
+		if (!g)
+			r = sovmesh_fail(err, -ENOMEM, "out of memory");
+		else
+			(rel = g)[n++] = *extra;
+	}
+	if (r == 0)
+		r = accountant_compose(s->acct, rel, n, s->target_delta, eps, delta, err);
+	free(rel);
+	return r;
+}
+
+void fl_store_set_accountant(fl_store *s, accountant_kind kind, double target_delta)
+{
+	s->acct = kind;
+	s->target_delta = target_delta;
+}
+
 static int check_configured(double configured_total, sovmesh_error *err)
 {
 	if (bad_total(configured_total))
@@ -929,6 +1007,9 @@ int fl_store_budget(fl_store *s, double configured_total, fl_budget *out, sovmes
 		r = current_period(s, &p, err);
 	if (r < 0)
 		return r;
+	r = period_spent(s, p.id, NULL, &p.spent, &p.delta, err);
+	if (r < 0)
+		return r;
 	out->period = p.id;
 	out->period_started = p.started;
 	out->total = fmin(configured_total, p.total);
@@ -943,7 +1024,18 @@ int fl_store_charge(fl_store *s, double configured_total, int64_t round_id, doub
                     double delta, const char *mechanism, json_t *peers, int64_t now,
                     sovmesh_error *err)
 {
+	accountant_release rel = {
+	    .family = SOVMESH_NOISE_OTHER, .noise_multiplier = 0, .epsilon = epsilon, .delta = delta};
+	return fl_store_charge_release(s, configured_total, round_id, &rel, mechanism, peers, now,
+	                               err);
+}
+
+int fl_store_charge_release(fl_store *s, double configured_total, int64_t round_id,
+                            const accountant_release *rel, const char *mechanism, json_t *peers,
+                            int64_t now, sovmesh_error *err)
+{
 	period_row p;
+	double epsilon = rel->epsilon, delta = rel->delta;
 	int r = check_configured(configured_total, err);
 	if (r < 0)
 		return r;
@@ -970,13 +1062,18 @@ int fl_store_charge(fl_store *s, double configured_total, int64_t round_id, doub
 		r = lower_total(s, configured_total, err);
 	if (r == 0)
 		r = current_period(s, &p, err);
+	double after = 0, after_delta = 0;
+	if (r == 0)
+		r = period_spent(s, p.id, NULL, &p.spent, &p.delta, err);
+	if (r == 0)
+		r = period_spent(s, p.id, rel, &after, &after_delta, err);
 	if (r == 0) {
 		double total = fmin(configured_total, p.total);
-		if (p.spent + epsilon > total + BUDGET_SLACK)
+		if (after > total + BUDGET_SLACK)
 			r = sovmesh_fail(
 			    err, -ENOSPC,
 			    "privacy budget exhausted: spent %g of %g, this sync needs %g", p.spent,
-			    total, epsilon);
+			    total, after - p.spent);
 	}
 	if (r == 0 && round_id > 0) {
 		char state[32];
@@ -994,6 +1091,8 @@ int fl_store_charge(fl_store *s, double configured_total, int64_t round_id, doub
 		sqlite3_bind_double(st, 5, delta);
 		sqlite3_bind_text(st, 6, mechanism, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 7, peers_text, -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, 8, (int)rel->family);
+		sqlite3_bind_double(st, 9, rel->noise_multiplier);
 		r = run(s, S_CHARGE_ADD, err, "cannot record the charge");
 	}
 	/* Only a successful COMMIT (the WAL fsync'd) lets the delta go. */
@@ -1003,6 +1102,20 @@ int fl_store_charge(fl_store *s, double configured_total, int64_t round_id, doub
 		rollback(s);
 	free(peers_text);
 	return r;
+}
+
+static const char *family_name(int family)
+{
+	switch (family) {
+	case SOVMESH_NOISE_LAPLACE:
+		return "laplace";
+	case SOVMESH_NOISE_GAUSSIAN:
+		return "gaussian";
+	case SOVMESH_NOISE_NONE:
+		return "none";
+	default:
+		return "other";
+	}
 }
 
 static json_t *history_json(fl_store *s, size_t max_history)
@@ -1032,7 +1145,9 @@ static json_t *history_json(fl_store *s, size_t max_history)
 		    jset(o, "epsilon", json_real(sqlite3_column_double(st, 2))) ||
 		    jset(o, "delta", json_real(sqlite3_column_double(st, 3))) ||
 		    jset(o, "mechanism", col_json_text(st, 4)) ||
-		    jset(o, "period", json_integer(sqlite3_column_int64(st, 6)))) {
+		    jset(o, "period", json_integer(sqlite3_column_int64(st, 6))) ||
+		    jset(o, "family", json_string(family_name(sqlite3_column_int(st, 7)))) ||
+		    jset(o, "noise_multiplier", json_real(sqlite3_column_double(st, 8)))) {
 			rc = SQLITE_NOMEM;
 			break;
 		}
@@ -1069,6 +1184,16 @@ static json_t *periods_json(fl_store *s)
 		json_decref(a);
 		return NULL;
 	}
+	/* Spent as the accountant composes it (the query's sum is basic). */
+	size_t i;
+	json_t *o;
+	json_array_foreach(a, i, o)
+	{
+		double eps = 0, delta = 0;
+		if (period_spent(s, json_integer_value(json_object_get(o, "period")), NULL, &eps,
+		                 &delta, NULL) == 0)
+			json_object_set_new(o, "spent", json_real(eps));
+	}
 	return a;
 }
 
@@ -1083,6 +1208,9 @@ json_t *fl_store_budget_json(fl_store *s, double configured_total, size_t max_hi
 	    jset(o, "total", json_real(b.total)) || jset(o, "spent", json_real(b.spent)) ||
 	    jset(o, "remaining", json_real(b.remaining)) ||
 	    jset(o, "delta_spent", json_real(b.delta_spent)) ||
+	    jset(o, "accountant", json_string(accountant_name(s->acct))) ||
+	    jset(o, "target_delta", s->acct == ACCOUNTANT_RDP ? json_real(s->target_delta)
+	                                                      : json_null()) ||
 	    jset(o, "charges", json_integer(b.charges)) ||
 	    jset(o, "history", history_json(s, max_history)) ||
 	    jset(o, "periods", periods_json(s))) {

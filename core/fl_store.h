@@ -33,6 +33,8 @@
 #include <sovmesh/plugin.h>
 #include <sovmesh/trainer.h> /* SOVMESH_RATING_* */
 
+#include "privacy_accountant.h"
+
 typedef struct fl_store fl_store;
 
 /* Limits on one feedback sample (bytes of UTF-8). */
@@ -124,6 +126,11 @@ typedef struct fl_budget {
 	int64_t charges;        /* charges in this period */
 } fl_budget;
 
+/* How spent ε is computed: basic composition (the default) or RDP at
+ * `target_delta` (privacy_accountant.h).  Every charge keeps its noise
+ * family and multiplier, so the choice can change at any time. */
+void fl_store_set_accountant(fl_store *s, accountant_kind kind, double target_delta);
+
 /* The current period's budget, with `configured_total` applied as above. */
 int fl_store_budget(fl_store *s, double configured_total, fl_budget *out, sovmesh_error *err);
 
@@ -140,10 +147,21 @@ int fl_store_charge(fl_store *s, double configured_total, int64_t round_id, doub
                     sovmesh_error *err);
 
 /*
+ * The same for one release as the noise plugin described it (family,
+ * noise multiplier, ε, δ): the budget check composes it with the period's
+ * charges under the store's accountant.  fl_store_charge() is this with
+ * family OTHER (plain ε, δ).
+ */
+int fl_store_charge_release(fl_store *s, double configured_total, int64_t round_id,
+                            const accountant_release *rel, const char *mechanism, json_t *peers,
+                            int64_t now, sovmesh_error *err);
+
+/*
  * {"period", "period_started", "total", "spent", "remaining",
- *  "delta_spent", "charges",
+ *  "delta_spent", "charges", "accountant": "basic"|"rdp", "target_delta": x|null,
  *  "history": [{"time", "round", "epsilon", "delta", "mechanism",
- *               "peers": [..], "period"}...] newest first, at most
+ *               "peers": [..], "period", "family": "laplace"|"gaussian"|
+ *               "none"|"other", "noise_multiplier"}...] newest first, at most
  *               max_history,
  *  "periods": [{"period", "started", "total", "spent", "reason"}...]}
  */

@@ -84,7 +84,7 @@ class FederatedLearningTest(unittest.TestCase):
     # ---- helpers ----
 
     @classmethod
-    def start(cls, i, fl_on=True, budget=100.0, wait_secs=30, crash_at=None):
+    def start(cls, i, fl_on=True, budget=100.0, wait_secs=30, crash_at=None, fl_extra=""):
         m = cls.mesh
         if m.sovmeshd_running(i):
             m.stop_host(i)
@@ -92,8 +92,8 @@ class FederatedLearningTest(unittest.TestCase):
         if fl_on:
             fl = ('enabled = true; sync_after_n_samples = %d; noise_epsilon = %g; '
                   'privacy_budget = %g; aggregation_wait_secs = %d; max_delta_bytes = %d; '
-                  'base_model = "%s";' % (SAMPLES, EPSILON, budget, wait_secs, MAX_DELTA,
-                                           MODEL))
+                  'base_model = "%s"; %s' % (SAMPLES, EPSILON, budget, wait_secs, MAX_DELTA,
+                                              MODEL, fl_extra))
         env = {"SOVMESH_TEST_FL_PLAINTEXT_DIR": cls.plain[i]}
         if crash_at:
             env["SOVMESH_TEST_FL_CRASH_AT"] = crash_at
@@ -193,6 +193,11 @@ class FederatedLearningTest(unittest.TestCase):
             b = self.budget(i)
             self.assertEqual(len(b["history"]), 1, b)
             self.assertEqual(b["history"][0]["epsilon"], EPSILON, b)
+            # What the RDP accountant composes: Laplace, b/Δ = 1/ε (plus the grid's bit).
+            self.assertEqual(b["history"][0]["family"], "laplace", b)
+            self.assertGreaterEqual(b["history"][0]["noise_multiplier"], 1 / EPSILON, b)
+            self.assertLess(b["history"][0]["noise_multiplier"], 1.01 / EPSILON, b)
+            self.assertEqual(b["accountant"], "basic", b)
             self.assertEqual(sorted(b["history"][0]["peers"]),
                              sorted(self.fps[j] for j in others), b)
             self.assertEqual(b["remaining"], 100.0 - EPSILON, b)
@@ -384,6 +389,26 @@ class FederatedLearningTest(unittest.TestCase):
             # After the restart the interrupted round's samples are trained
             # again: let that finish before the next crash.
             self.idle(A)
+
+    # ---- 6 ----
+
+    def test_6_rdp_accountant_reads_the_same_ledger(self):
+        A, B = 1, 2
+        self.idle(A)
+        basic = self.budget(A)
+        self.start(A, fl_extra='accountant = "rdp"; target_delta = 1e-6;')
+        self.wait_fl_peer(A, B, True)
+        b = self.budget(A)
+        self.assertEqual(b["accountant"], "rdp", b)
+        self.assertEqual(b["target_delta"], 1e-6, b)
+        self.assertEqual(b["charges"], basic["charges"])
+        # Composition never costs more than adding up.
+        self.assertLessEqual(b["spent"], basic["spent"] + 1e-9, (b, basic))
+        spent = b["spent"]
+        self.feedback(A, tag="rdp")
+        self.wait_fl(A, lambda s: s["budget"]["charges"] == basic["charges"] + 1 and
+                     not s["round_running"], "one more charged sync under rdp")
+        self.assertGreater(self.budget(A)["spent"], spent)
 
 
 if __name__ == "__main__":

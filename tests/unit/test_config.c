@@ -58,6 +58,10 @@ static const char *const all_keys[] = {
     "federated_learning.aggregation_method",
     "federated_learning.noise_mechanism",
     "federated_learning.noise_clip",
+    "federated_learning.noise_delta",
+    "federated_learning.accountant",
+    "federated_learning.target_delta",
+    "federated_learning.allow_no_noise",
     "federated_learning.privacy_budget",
     "federated_learning.trainer",
     "federated_learning.train_timeout_secs",
@@ -157,6 +161,10 @@ static void assert_defaults(const sovmesh_config *cfg)
 	assert_string_equal(cfg->noise_mechanism, "laplace");
 	assert_true(cfg->noise_clip == 1.0);
 	assert_true(cfg->privacy_budget == 10.0);
+	assert_true(cfg->noise_delta == 0.0);
+	assert_string_equal(cfg->fl_accountant, "basic");
+	assert_true(cfg->target_delta == 1e-6);
+	assert_int_equal(cfg->allow_no_noise, 0);
 	assert_string_equal(cfg->fl_trainer, "reference");
 	assert_int_equal(cfg->train_timeout_secs, 3600);
 	assert_int_equal(cfg->aggregation_wait_secs, 60);
@@ -405,6 +413,27 @@ static void test_range_errors(void **state)
 	expect_error("federated_learning = { noise_epsilon = -1; };",
 	             "t.conf:1: federated_learning.noise_epsilon: must be greater than 0 and at "
 	             "most 100, got -1");
+	expect_error("federated_learning = { accountant = \"moments\"; };",
+	             "t.conf:1: federated_learning.accountant: unknown accountant 'moments'; "
+	             "expected \"basic\" (add up ε) or \"rdp\" (Rényi DP for Laplace and "
+	             "Gaussian noise)");
+	expect_error("federated_learning = { target_delta = 0.0; };",
+	             "t.conf:1: federated_learning.target_delta: must be greater than 0 and at "
+	             "most 0.1, got 0");
+	expect_error("federated_learning = { noise_delta = 0.5; };",
+	             "t.conf:1: federated_learning.noise_delta: must be between 0 and 0.1, got 0.5");
+	expect_error("federated_learning = {\n  noise_mechanism = \"none\"; };",
+	             "t.conf:2: federated_learning.noise_mechanism: \"none\" adds no noise: deltas "
+	             "would leave this device without differential privacy; set "
+	             "federated_learning.allow_no_noise = true to allow it for experiments");
+	{
+		sovmesh_config *ok = load_ok(
+		    "federated_learning = { noise_mechanism = \"none\"; allow_no_noise = true; };");
+		assert_int_equal(ok->allow_no_noise, 1);
+		config_free(ok);
+		ok = load_ok("federated_learning = { enabled = false; noise_mechanism = \"none\"; };");
+		config_free(ok);
+	}
 	expect_error("federated_learning = { noise_clip = 1e999; };",
 	             "t.conf:1: federated_learning.noise_clip: must be a finite number");
 	expect_error("federated_learning = { noise_clip = 2e6; };",

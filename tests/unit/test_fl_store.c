@@ -692,16 +692,78 @@ static void test_refuses_newer_schema(void **state)
 	sovmesh_error err = {0};
 	assert_int_equal(charge(s, 10, 1, &err), 0);
 	fl_store_close(s);
-	exec_sql("PRAGMA user_version = 2");
-	refused_untouched(10, -EINVAL, "newer sovmesh (schema version 2");
+	exec_sql("PRAGMA user_version = 3");
+	refused_untouched(10, -EINVAL, "newer sovmesh (schema version 3");
 	exec_sql("PRAGMA user_version = 0");
 	refused_untouched(10, -EINVAL, "invalid schema version 0");
-	/* Back to 1 it is ours again, the charge still there. */
-	exec_sql("PRAGMA user_version = 1");
+	/* Back to 2 it is ours again, the charge still there. */
+	exec_sql("PRAGMA user_version = 2");
 	s = open_ok(10);
 	fl_budget b;
 	budget_ok(s, 10, &b);
 	assert_int_equal(b.charges, 1);
+	fl_store_close(s);
+}
+
+/* A version 1 file (charges without family and noise multiplier) is
+ * upgraded in place, its ledger intact. */
+static void test_migrates_version_1(void **state)
+{
+	(void)state;
+	fl_store *s = open_ok(10);
+	sovmesh_error err = {0};
+	assert_int_equal(charge(s, 10, 1.5, &err), 0);
+	fl_store_close(s);
+	exec_sql("ALTER TABLE charges DROP COLUMN noise_multiplier;"
+	         "ALTER TABLE charges DROP COLUMN family; PRAGMA user_version = 1");
+	s = open_ok(10);
+	fl_budget b;
+	budget_ok(s, 10, &b);
+	assert_true(b.spent == 1.5 && b.charges == 1);
+	assert_int_equal(charge(s, 10, 1, &err), 0);
+	budget_ok(s, 10, &b);
+	assert_true(b.spent == 2.5);
+	fl_store_close(s);
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+	sqlite3_stmt *st = NULL;
+	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_int_equal(sqlite3_column_int(st, 0), 2);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+}
+
+/* Under the RDP accountant many small Laplace charges cost less than
+ * their sum, and the budget check composes the candidate too. */
+static void test_rdp_accountant(void **state)
+{
+	(void)state;
+	fl_store *s = open_ok(6);
+	sovmesh_error err = {0};
+	fl_store_set_accountant(s, ACCOUNTANT_RDP, 1e-6);
+	/* Laplace at ε = 0.1: b/Δ = 1/ε = 10. */
+	accountant_release rel = {.family = SOVMESH_NOISE_LAPLACE, .noise_multiplier = 10,
+	                          .epsilon = 0.1, .delta = 0};
+	int ok = 0;
+	while (fl_store_charge_release(s, 6, 0, &rel, "laplace", NULL, 1, &err) == 0)
+		ok++;
+	assert_int_equal(err.code, -ENOSPC);
+	/* Basic composition would have stopped at 60 charges. */
+	assert_true(ok > 60);
+	fl_budget b;
+	budget_ok(s, 6, &b);
+	assert_true(b.spent <= 6 + 1e-9 && b.spent > 5);
+	assert_true(b.delta_spent == 1e-6);
+	json_t *j = fl_store_budget_json(s, 6, 5);
+	assert_string_equal(json_string_value(json_object_get(j, "accountant")), "rdp");
+	assert_true(json_real_value(json_object_get(j, "target_delta")) == 1e-6);
+	json_decref(j);
+	/* Back to basic: the same ledger now counts as its plain sum. */
+	fl_store_set_accountant(s, ACCOUNTANT_BASIC, 0);
+	budget_ok(s, 6, &b);
+	assert_true(fabs(b.spent - 0.1 * ok) < 1e-9);
+	assert_true(b.remaining == 0);
 	fl_store_close(s);
 }
 
@@ -981,6 +1043,8 @@ int main(void)
 	    T(test_kill_during_charges_consistent),
 	    T(test_refuses_foreign_database),
 	    T(test_refuses_newer_schema),
+	    T(test_migrates_version_1),
+	    T(test_rdp_accountant),
 	    T(test_refuses_garbage_and_corrupt),
 	    T(test_bad_configured_total),
 	    T(test_file_mode_0600),
