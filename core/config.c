@@ -971,6 +971,14 @@ static int load_text_unchecked(const char *text, const char *name, const char *d
 		            "differential privacy; set federated_learning.allow_no_noise = true to "
 		            "allow it for experiments");
 	}
+	if (!r && cfg->fl_enabled && strcmp(cfg->noise_mechanism, "gaussian") == 0 &&
+	    !(cfg->noise_delta > 0)) {
+		const config_setting_t *s = config_lookup(&cfg->tree, "federated_learning.noise_delta");
+		if (!s)
+			s = config_lookup(&cfg->tree, "federated_learning.noise_mechanism");
+		r = fail_at(&ctx, s, "federated_learning.noise_delta",
+		            "the Gaussian mechanism needs a δ > 0 per sync (e.g. 1e-6)");
+	}
 	if (r) {
 		config_free(cfg);
 		return r;

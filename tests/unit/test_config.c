@@ -434,6 +434,14 @@ static void test_range_errors(void **state)
 		ok = load_ok("federated_learning = { enabled = false; noise_mechanism = \"none\"; };");
 		config_free(ok);
 	}
+	expect_error("federated_learning = { noise_mechanism = \"gaussian\"; };",
+	             "t.conf:1: federated_learning.noise_delta: the Gaussian mechanism needs a δ > 0 "
+	             "per sync (e.g. 1e-6)");
+	{
+		sovmesh_config *ok = load_ok(
+		    "federated_learning = { noise_mechanism = \"gaussian\"; noise_delta = 1e-6; };");
+		config_free(ok);
+	}
 	expect_error("federated_learning = { noise_clip = 1e999; };",
 	             "t.conf:1: federated_learning.noise_clip: must be a finite number");
 	expect_error("federated_learning = { noise_clip = 2e6; };",
