@@ -410,6 +410,36 @@ class FederatedLearningTest(unittest.TestCase):
                      not s["round_running"], "one more charged sync under rdp")
         self.assertGreater(self.budget(A)["spent"], spent)
 
+    # ---- 7 ----
+
+    def test_7_no_noise_is_opt_in_and_takes_the_whole_budget(self):
+        m = self.mesh
+        A, B = 1, 2
+        self.idle(A)
+        # Refused without the opt-in: the daemon does not start.
+        r = m.run(A, [os.path.join(BUILD, "core", "sovmeshd"), "--check-config", "-c",
+                      m.write_config(A, fl='enabled = true; noise_mechanism = "none";')])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("allow_no_noise", r.stderr)
+        self.start(A, fl_extra='noise_mechanism = "none"; allow_no_noise = true;')
+        self.wait_fl_peer(A, B, True)
+        before = self.budget(A)
+        self.assertGreater(before["remaining"], 0)
+        mark = len(m.log(A))
+        self.feedback(A, tag="none")
+        self.wait_fl(A, lambda s: s["budget"]["charges"] == before["charges"] + 1 and
+                     not s["round_running"], "a sync without noise")
+        b = self.budget(A)
+        self.assertEqual(b["history"][0]["mechanism"], "none", b)
+        self.assertAlmostEqual(b["history"][0]["epsilon"], before["remaining"], places=9)
+        self.assertEqual(b["remaining"], 0, b)
+        self.assertIn("WITHOUT noise", self.log_since(A, mark))
+        # Nothing is left for the period: the next round does not sync.
+        self.feedback(A, tag="none2")
+        self.wait_fl(A, lambda s: "privacy budget" in (s["last_round"] or {}).get("outcome", "")
+                     and not s["round_running"], "the next round without a sync")
+        self.start(A)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
