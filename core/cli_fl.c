@@ -261,19 +261,35 @@ static int cmd_fl_noise(const cli *c, int argc, char **argv)
 		cli_fail("%s", err.message);
 	} else {
 		rc = 0;
+		/* JSON has no infinity: a mechanism without privacy (none)
+		 * reports epsilon null. */
+		char eps[40];
+		if (isfinite(cost.epsilon))
+			snprintf(eps, sizeof(eps), "%.17g", cost.epsilon);
+		else
+			snprintf(eps, sizeof(eps), "null");
+		/* Sensitivity and multiplier mean something for the families
+		 * the accountant knows (Laplace, Gaussian) only. */
+		int known = cost.family == SOVMESH_NOISE_LAPLACE || cost.family == SOVMESH_NOISE_GAUSSIAN;
 		if (c->json)
-			printf("{\"mechanism\": \"%s\", \"epsilon\": %.17g, \"delta\": %.17g, "
+			printf("{\"mechanism\": \"%s\", \"epsilon\": %s, \"delta\": %.17g, "
 			       "\"family\": \"%s\", \"noise_multiplier\": %.17g, "
 			       "\"sensitivity\": %.17g, \"deterministic\": %s}\n",
-			       mechanism, cost.epsilon, cost.delta, family_name(cost.family),
+			       mechanism, eps, cost.delta, family_name(cost.family),
 			       cost.noise_multiplier, cost.sensitivity,
 			       rng_is_deterministic() ? "true" : "false");
-		else
+		else if (known)
 			printf("wrote %s: spent epsilon %g, delta %g (%s, sensitivity %g, noise "
 			       "scale %g x sensitivity)%s\n",
 			       a.out_path, cost.epsilon, cost.delta, family_name(cost.family),
 			       cost.sensitivity, cost.noise_multiplier,
 			       rng_is_deterministic() ? " -- DETERMINISTIC, NOT PRIVATE" : "");
+		else
+			printf("wrote %s: spent epsilon %g, delta %g (%s)%s\n", a.out_path,
+			       cost.epsilon, cost.delta, family_name(cost.family),
+			       cost.family == SOVMESH_NOISE_NONE ? " -- NO PRIVACY"
+			       : rng_is_deterministic()           ? " -- DETERMINISTIC, NOT PRIVATE"
+			                                          : "");
 	}
 	plugin_search_path_free(&sp);
 out:
