@@ -50,6 +50,8 @@ int cli_cmd_cache(const cli *c, int argc, char **argv);
 int cli_cmd_id(const cli *c, int argc, char **argv);
 int cli_cmd_peers(const cli *c, int argc, char **argv);
 int cli_cmd_pair(const cli *c, int argc, char **argv);
+/* cli_network.c: the Settings -> Network page's address with its key. */
+int cli_cmd_network(const cli *c, int argc, char **argv);
 
 /* cli_federated.c: the daemon's federated learning.  Each takes the
  * command's own argv (argv[0] is the command) and returns the exit status:

@@ -22,6 +22,7 @@
 #include "http_server.h"
 #include "infer_request.h"
 #include "log.h"
+#include "web_assets.h"
 
 /* An embedding call has no router timer behind it; this bounds a hung
  * backend for clients that never give up. */
@@ -31,6 +32,13 @@
 #define CORS_ALLOW_HEADERS                                                                         \
 	"Authorization, Content-Type, User-Agent, Accept, X-Requested-With, X-Sovmesh-Token"
 #define CORS_EXPOSE_HEADERS "X-Sovmesh-Source, X-Sovmesh-Peer, X-Sovmesh-Degraded"
+
+/* The Network page loads nothing but its own files and talks only to its
+ * own origin; no other page may frame it (clickjacking its buttons). */
+#define PAGE_CSP                                                                                   \
+	"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "          \
+	"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "             \
+	"frame-ancestors 'none'"
 
 typedef struct fd_job fd_job;
 typedef struct fd_pass fd_pass;
@@ -274,6 +282,17 @@ int front_door_origin_allowed(const char *origin_header)
 	return split_host(rest, host, sizeof(host)) && loopback_name(host);
 }
 
+/* The control mirror and the Network page are sovmesh's own: unlike the
+ * Ollama API, which any loopback page may use (as with Ollama), only a
+ * page of this very origin may call them — not one served by another
+ * program on another loopback port (handle() checks; Host is checked
+ * as for every path). */
+static bool own_path(const char *path)
+{
+	return strcmp(path, "/sovmesh") == 0 || strncmp(path, "/sovmesh/", 9) == 0 ||
+	       strncmp(path, "/settings/", 10) == 0;
+}
+
 /* 0 when the request may be routed, else it has been answered. */
 static int check_host_origin(front_door *fd, const http_request *req, http_response *resp)
 {
@@ -284,7 +303,7 @@ static int check_host_origin(front_door *fd, const http_request *req, http_respo
 		if (strcasecmp(h->name, "Host") == 0) {
 			host = h->value;
 			nhost++;
-		} else if (strcasecmp(h->name, "Origin") == 0 &&
+		} else if (strcasecmp(h->name, "Origin") == 0 && !own_path(req->path) &&
 		           !front_door_origin_allowed(h->value)) {
 			send_errorf(resp, 403,
 			            "origin \"%.100s\" is not allowed: only pages served from "
@@ -1105,6 +1124,29 @@ static void route_root(front_door *fd, const http_request *req, http_response *r
 	http_response_send(resp, 200, "text/plain; charset=utf-8", text, sizeof(text) - 1);
 }
 
+/* The Settings -> Network page (web/): the same strict headers on each
+ * of its files.  The page holds no secret: its key comes in the URL
+ * fragment from `sovmesh network`. */
+static void route_page(front_door *fd, const http_request *req, http_response *resp)
+{
+	(void)fd;
+	const char *body = web_network_html, *type = "text/html; charset=utf-8";
+	if (strcmp(req->path, "/settings/network/network.css") == 0) {
+		body = web_network_css;
+		type = "text/css; charset=utf-8";
+	} else if (strcmp(req->path, "/settings/network/network.js") == 0) {
+		body = web_network_js;
+		type = "text/javascript; charset=utf-8";
+	}
+	http_response_add_header(resp, "Content-Security-Policy", PAGE_CSP);
+	http_response_add_header(resp, "X-Frame-Options", "DENY");
+	http_response_add_header(resp, "X-Content-Type-Options", "nosniff");
+	http_response_add_header(resp, "Referrer-Policy", "no-referrer");
+	http_response_add_header(resp, "Cache-Control", "no-store");
+	http_response_add_header(resp, "Cross-Origin-Resource-Policy", "same-origin");
+	http_response_send(resp, 200, type, body, strlen(body));
+}
+
 /* Constant time in the token's length: the attacker knows its own. */
 static bool token_ok(const char *given, const char *want)
 {
@@ -1167,6 +1209,10 @@ static const struct {
     {"/api/embed", "POST", route_embed},    {"/api/embeddings", "POST", route_embeddings},
     {"/api/feedback", "POST", route_feedback},
     {"/", "GET, HEAD", route_root},
+    {"/settings/network", "GET, HEAD", route_page},
+    {"/settings/network/", "GET, HEAD", route_page},
+    {"/settings/network/network.css", "GET, HEAD", route_page},
+    {"/settings/network/network.js", "GET, HEAD", route_page},
 };
 
 static bool method_listed(const char *methods, const char *method)
@@ -1189,6 +1235,12 @@ static void add_cors(http_response *resp, const char *origin)
 	http_response_add_header(resp, "Vary", "Origin");
 }
 
+/* Origin "http://<Host>": the request comes from a page of this origin. */
+static bool same_origin(const char *origin, const char *host)
+{
+	return host && strncasecmp(origin, "http://", 7) == 0 && strcasecmp(origin + 7, host) == 0;
+}
+
 static void handle(void *ud, const http_request *req, http_response *resp)
 {
 	front_door *fd = ud;
@@ -1199,8 +1251,18 @@ static void handle(void *ud, const http_request *req, http_response *resp)
 	if (check_host_origin(fd, req, resp) < 0)
 		return;
 	const char *origin = http_request_header(req, "Origin");
-	if (origin)
+	if (origin && own_path(req->path)) {
+		if (!same_origin(origin, http_request_header(req, "Host"))) {
+			send_errorf(
+			    resp, 403,
+			    "origin \"%.100s\" is not allowed on %.100s: only this port's own "
+			    "pages may use it",
+			    origin, req->path);
+			return;
+		}
+	} else if (origin) {
 		add_cors(resp, origin);
+	}
 	if (strcmp(req->method, "OPTIONS") == 0) {
 		/* A browser's preflight for a loopback page. */
 		http_response_add_header(resp, "Access-Control-Allow-Methods", CORS_ALLOW_METHODS);

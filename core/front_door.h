@@ -19,6 +19,9 @@
  *   POST /api/feedback: sovmesh's extension, a rating or correction of an
  *        answer for federated learning (front_door_set_feedback).
  *   HEAD / and GET /: "Ollama is running" (clients probe it).
+ *   GET /settings/network (and its .css/.js under it): the Settings ->
+ *        Network page (web/), with a strict Content-Security-Policy,
+ *        X-Frame-Options DENY, nosniff, no-referrer, no-store.
  *   /sovmesh/v1/...: the control API mirror (control_api_dispatch), for
  *        the Network page; see front_door_options.control.
  *
@@ -26,7 +29,9 @@
  * (localhost, 127.0.0.1, [::1], with any port) or the listen address
  * itself, else 403 (DNS rebinding); a request with an Origin header that
  * is not a loopback origin gets 403 (another site's page in the user's
- * browser).  Bodies over max_body_bytes get 413; a malformed body 400
+ * browser); on /sovmesh/... and /settings/... the Origin, when sent,
+ * must be this port's own (another loopback port's page gets 403 too).
+ * Bodies over max_body_bytes get 413; a malformed body 400
  * with a message naming the field.  A client that disconnects cancels
  * the upstream request.
  *

@@ -34,6 +34,7 @@ static const char usage_text[] =
     "  ask [--model M] TEXT   ask the mesh (local backend, else a paired peer,\n"
     "                         else the answer cache, else a template answer)\n"
     "  cache stats|clear      the answer cache\n"
+    "  network [--open]       the Settings -> Network page's address, with its key\n"
     "  feedback up|down --prompt TEXT --response TEXT [--model M]\n"
     "  feedback correct --prompt TEXT [--response TEXT] --correction TEXT\n"
     "                         rate an answer or correct it: a training sample\n"
@@ -236,6 +237,8 @@ int main(int argc, char **argv)
 		return cli_cmd_ask(&c, sub_argc, sub_argv);
 	if (strcmp(cmd, "cache") == 0)
 		return cli_cmd_cache(&c, sub_argc, sub_argv);
+	if (strcmp(cmd, "network") == 0)
+		return cli_cmd_network(&c, sub_argc, sub_argv);
 	if (strcmp(cmd, "help") == 0) {
 		fputs(usage_text, stdout);
 		return 0;

@@ -18,6 +18,7 @@ PACKAGES=(
   libqrencode-dev libzbar-dev libpng-dev libjpeg-dev gnutls-bin curl
   libavahi-client-dev avahi-daemon avahi-utils dbus iproute2 util-linux
   libsqlite3-dev
+  chromium fonts-noto-color-emoji
 )
 # Node.js for the ollama JS client test: Debian's nodejs and npm, unless a
 # node with npm is already there (e.g. NodeSource's nodejs, which bundles
@@ -78,12 +79,13 @@ cmd_test() {
   local main=${BUILD_DIR:-build} asan=${ASAN_BUILD_DIR:-build-asan}
   local total_pass=0 total_fail=0 p f
 
-  # The ollama npm client for test_ollama_client (versions pinned in
-  # tests/js/package-lock.json); if this fails, that test says why.
+  # The ollama npm client for test_ollama_client and playwright-core for
+  # test_network_page (versions pinned in tests/js/package-lock.json; the
+  # browser is Debian's chromium above); if this fails, those tests say why.
   if [ ! -d tests/js/node_modules ]; then
     echo "== npm ci (tests/js)"
     (cd tests/js && npm ci --no-audit --no-fund --silent) ||
-      echo "warning: npm ci in tests/js failed; test_ollama_client will retry it" >&2
+      echo "warning: npm ci in tests/js failed; test_ollama_client and test_network_page retry it" >&2
   fi
 
   echo "== build ($main, gcc, warnings as errors)"
