@@ -1060,6 +1060,41 @@ static void host_and_origin_checked_first(void **state)
 	assert_int_equal(f->control_calls, 0);
 }
 
+/* The control mirror and the page take only their own origin: another
+ * loopback port is another site (a page any local program serves). */
+static void client_same_origin(fx *f)
+{
+	char own[80], other[80];
+	snprintf(own, sizeof(own), "Origin: http://127.0.0.1:%d\r\n", f->port);
+	snprintf(other, sizeof(other), "Origin: http://127.0.0.1:%d\r\n", f->port + 1);
+	request(f, &f->rep[0], "GET", "/sovmesh/v1/x", NULL, other, NULL);
+	request(f, &f->rep[1], "POST", "/sovmesh/v1/x", NULL, other, "{}");
+	request(f, &f->rep[2], "GET", "/settings/network", NULL, other, NULL);
+	request(f, &f->rep[3], "GET", "/sovmesh/v1/x", NULL, own, NULL);
+	request(f, &f->rep[4], "GET", "/settings/network", NULL, NULL, NULL);
+	request(f, &f->rep[5], "GET", "/api/version", NULL, other, NULL);
+}
+
+static void control_and_page_same_origin_only(void **state)
+{
+	fx *f = *state;
+	run_client(f, client_same_origin);
+	assert_error(&f->rep[0], 403, "origin");
+	assert_false(has_header(&f->rep[0], "Access-Control-Allow-Origin"));
+	assert_error(&f->rep[1], 403, "origin");
+	assert_error(&f->rep[2], 403, "origin");
+	assert_int_equal(f->control_calls, 1); /* only rep[3] */
+	assert_int_equal(f->rep[3].status, 200);
+	assert_int_equal(f->rep[4].status, 200);
+	assert_non_null(strstr(f->rep[4].headers, "Content-Security-Policy: default-src 'self'"));
+	assert_non_null(strstr(f->rep[4].headers, "X-Frame-Options: DENY"));
+	assert_non_null(strstr(f->rep[4].headers, "X-Content-Type-Options: nosniff"));
+	assert_non_null(strstr(f->rep[4].headers, "Cache-Control: no-store"));
+	assert_null(strstr(f->rep[4].body, TOKEN)); /* the key never in the page */
+	/* Ollama's own paths keep the loopback CORS rule. */
+	assert_int_equal(f->rep[5].status, 200);
+}
+
 /* --- tests: pass-through endpoints --- */
 
 static void client_tags_version(fx *f)
@@ -1525,6 +1560,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(bad_bodies_400, setup, teardown),
 	    cmocka_unit_test_setup_teardown(oversized_body_413, setup, teardown),
 	    cmocka_unit_test_setup_teardown(host_and_origin_checked_first, setup, teardown),
+	    cmocka_unit_test_setup_teardown(control_and_page_same_origin_only, setup, teardown),
 	    cmocka_unit_test_setup_teardown(tags_and_version, setup, teardown),
 	    cmocka_unit_test_setup_teardown(backend_down_tags_and_version, setup, teardown),
 	    cmocka_unit_test_setup_teardown(show_and_ps_pass_through, setup, teardown),
