@@ -436,7 +436,10 @@ typedef struct noise_log {
 static noise_log parse_log(const mini_host *mh)
 {
 	noise_log nl = {0};
-	const char *g = strstr(mh->last_log, "grid 2^");
+	/* A copy: gcc -O3 misreads a pointer into *mh as dangling. */
+	char line[sizeof(mh->last_log)];
+	snprintf(line, sizeof(line), "%s", mh->last_log);
+	const char *g = strstr(line, "grid 2^");
 	if (!g || sscanf(g,
 	                 "grid 2^%d, sensitivity %lg steps, discrete Gaussian variance "
 	                 "%llu*%llu/%llu",
