@@ -11,7 +11,7 @@ import path from 'node:path';
 
 const cfg = JSON.parse(process.argv[2]);
 const out = {};
-const T = 60000; // generous: slow busy CI machines
+const T = 150000; // generous: slow busy CI machines (chromium under load)
 
 function check(cond, what) {
   if (!cond) throw new Error('check failed: ' + what);
