@@ -251,21 +251,11 @@ static void env_close(bench_env *env)
 		uv_loop_close(&env->loop);
 }
 
-/* fl_tools.c's tool_env_open, on the shared runtime, default settings. */
+/* On the shared runtime, default settings. */
 static int instance_open(bench_env *env, const char *name, plugin_instance **out,
                          sovmesh_error *err)
 {
-	loaded_plugin *lp = NULL;
-	int r = plugin_load_by_name(&env->sp, SOVMESH_KIND_AGGREGATOR, name, &lp, err);
-	if (r < 0)
-		return r;
-	plugin_settings *settings = NULL;
-	r = plugin_settings_from_params(lp->label, lp->desc->settings, NULL, 0, &settings, err);
-	if (r < 0) {
-		plugin_release(lp, 1);
-		return r;
-	}
-	return plugin_instance_new(env->rt, lp, settings, out, err);
+	return plugin_instance_open(env->rt, &env->sp, SOVMESH_KIND_AGGREGATOR, name, NULL, 0, out, err);
 }
 
 /* ---- one aggregator ---- */

@@ -144,22 +144,11 @@ typedef struct bench_env {
 	plugin_instance *noise, *agg;
 } bench_env;
 
-/* fl_tools.c's tool_env_open, for several instances on one runtime. */
+/* Several instances on one runtime. */
 static int instance_open(bench_env *env, uint32_t kind, const char *name, const char *const *params,
                          size_t n_params, plugin_instance **out, sovmesh_error *err)
 {
-	loaded_plugin *lp = NULL;
-	int r = plugin_load_by_name(&env->sp, kind, name, &lp, err);
-	if (r < 0)
-		return r;
-	plugin_settings *settings = NULL;
-	r = plugin_settings_from_params(lp->label, lp->desc->settings, params, n_params, &settings,
-	                                err);
-	if (r < 0) {
-		plugin_release(lp, 1);
-		return r;
-	}
-	return plugin_instance_new(env->rt, lp, settings, out, err);
+	return plugin_instance_open(env->rt, &env->sp, kind, name, params, n_params, out, err);
 }
 
 static int env_open(bench_env *env, sovmesh_error *err)

@@ -65,19 +65,7 @@ static int tool_env_open(tool_env *env, const plugin_search_path *sp, uint32_t k
 	r = host_runtime_new(&env->loop, NULL, "offline", &env->rt);
 	if (r < 0)
 		return sovmesh_fail(err, r, "cannot start plugin host: %s", strerror(-r));
-
-	loaded_plugin *lp = NULL;
-	r = plugin_load_by_name(sp, kind, name, &lp, err);
-	if (r < 0)
-		return r;
-	plugin_settings *settings = NULL;
-	r = plugin_settings_from_params(lp->label, lp->desc->settings, params, n_params, &settings,
-	                                err);
-	if (r < 0) {
-		plugin_release(lp, 1);
-		return r;
-	}
-	return plugin_instance_new(env->rt, lp, settings, &env->pi, err);
+	return plugin_instance_open(env->rt, sp, kind, name, params, n_params, &env->pi, err);
 }
 
 static void tool_env_close(tool_env *env)

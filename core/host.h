@@ -50,6 +50,18 @@ typedef struct plugin_instance {
 int plugin_instance_new(host_runtime *rt, loaded_plugin *plugin, plugin_settings *settings,
                         plugin_instance **out, sovmesh_error *err);
 
+/*
+ * Load <kind>-<name>.so along `sp`, validate `params` ("KEY=VALUE", as
+ * the offline tools' --param; may be NULL with n_params 0) against its
+ * declared settings and create an instance on `rt`: what the offline
+ * tools and the benches do to use a plugin by name.  Errors as
+ * plugin_load_by_name(), plugin_settings_from_params() and
+ * plugin_instance_new().
+ */
+int plugin_instance_open(host_runtime *rt, const plugin_search_path *sp, uint32_t kind,
+                         const char *name, const char *const *params, size_t n_params,
+                         plugin_instance **out, sovmesh_error *err);
+
 /* destroy() the instance, release what the plugin left open (with a
  * warning naming it), free everything.  The library stays loaded. */
 void plugin_instance_free(plugin_instance *pi);

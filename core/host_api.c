@@ -923,6 +923,24 @@ host_runtime *host_get_runtime(sovmesh_host *host)
 	return host ? host->rt : NULL;
 }
 
+int plugin_instance_open(host_runtime *rt, const plugin_search_path *sp, uint32_t kind,
+                         const char *name, const char *const *params, size_t n_params,
+                         plugin_instance **out, sovmesh_error *err)
+{
+	loaded_plugin *lp = NULL;
+	int r = plugin_load_by_name(sp, kind, name, &lp, err);
+	if (r < 0)
+		return r;
+	plugin_settings *settings = NULL;
+	r = plugin_settings_from_params(lp->label, lp->desc->settings, params, n_params, &settings,
+	                                err);
+	if (r < 0) {
+		plugin_release(lp, 1);
+		return r;
+	}
+	return plugin_instance_new(rt, lp, settings, out, err);
+}
+
 int plugin_instance_new(host_runtime *rt, loaded_plugin *plugin, plugin_settings *settings,
                         plugin_instance **out, sovmesh_error *err)
 {
